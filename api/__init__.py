@@ -1,0 +1,33 @@
+"""The faceLib HTTP API (Flask app factory). It validates, persists and enqueues; it never
+imports dlib or the worker code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+
+from shared.logs import configure_logging
+from shared.settings import get_settings
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    app = Flask(__name__)
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_request_bytes,
+        JSON_SORT_KEYS=False,
+    )
+    app.json.sort_keys = False
+    app.json.ensure_ascii = False
+    if test_config:
+        app.config.update(test_config)
+
+    from api import envelope, health, persons, tasks
+
+    envelope.init_app(app)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(persons.bp)
+    app.register_blueprint(tasks.bp)
+    return app

@@ -1,0 +1,47 @@
+"""Token check and scopes for every /tech/... route.
+
+The token comes in `Authorization: <token>` (as the seed says) or `Authorization: Bearer <token>`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from flask import g, request
+
+from shared import repo
+from shared.db import transaction
+from shared.errors import E, FaceLibError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def bearer_token() -> str:
+    raw = request.headers.get("Authorization", "").strip()
+    if raw[:7].lower() == "bearer ":
+        raw = raw[7:].strip()
+    if not raw:
+        raise FaceLibError(E.TOKEN_MISSING)
+    return raw
+
+
+def require_scope(*scopes: str) -> Callable[[F], F]:
+    """The view needs a valid token whose client holds one of `scopes` (or `admin`)."""
+
+    def decorator(view: F) -> F:
+        @functools.wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            token = bearer_token()
+            with transaction() as conn:
+                client = repo.authenticate(conn, token)
+            granted = set(client["scopes"])
+            if "admin" not in granted and not granted.intersection(scopes):
+                raise FaceLibError(E.SCOPE_FORBIDDEN, detail=" or ".join(scopes))
+            g.client = client
+            return view(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorator

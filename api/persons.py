@@ -1,0 +1,114 @@
+"""The seed's endpoints: register a verified person's face (reg) and recognise a face (recong)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from typing import Any
+
+from flask import Blueprint, Response, g, request
+
+from api.auth import require_scope
+from api.envelope import respond
+from api.schemas import (
+    RecognizeSchema,
+    RegisterSchema,
+    decode_self_image,
+    load,
+    validated_id_num,
+)
+from shared import crypto
+from shared.callbacks import callback_url_problem
+from shared.errors import ERRCODES, E, FaceLibError
+from shared.jobs import job_envelope, submit_job, wait_for_job
+from shared.settings import get_settings
+
+bp = Blueprint("persons", __name__, url_prefix="/tech/ai/face/faceLib/person")
+
+
+def _request_hash(body: dict[str, Any]) -> bytes:
+    canonical = {k: v for k, v in body.items() if k not in ("async", "requestId")}
+    return hashlib.sha256(
+        json.dumps(canonical, sort_keys=True, ensure_ascii=False, default=str).encode()
+    ).digest()
+
+
+def _run(
+    kind: str, params: dict[str, Any], body: dict[str, Any], extra: dict[str, Any]
+) -> Response:
+    settings = get_settings()
+    client = g.client
+    image = params["faceImage"]
+    origin = image["origin"]
+    raw = decode_self_image(image["data"], settings.max_base64_bytes) if origin == "self" else None
+    callback_url = params["callbackUrl"] or (client["callback_url"] if params["async_"] else None)
+    if callback_url and params["callbackUrl"]:
+        problem = callback_url_problem(callback_url, settings.callback_allow_private)
+        if problem:
+            raise FaceLibError(E.PARAM_INVALID, detail=f"callbackUrl: {problem}")
+    request_id = params["requestId"] or request.headers.get("Idempotency-Key") or None
+    meta = {
+        "async": params["async_"],
+        "origin": origin,
+        "imageBytes": len(raw) if raw is not None else None,
+        **{k: v for k, v in extra.items() if k in ("threshold",)},
+    }
+    job, created = submit_job(
+        kind=kind,
+        client_id=client["id"],
+        request_id=request_id,
+        request_hash=_request_hash(body),
+        meta=meta,
+        callback_url=callback_url,
+        origin=origin,
+        image=raw,
+        ref=None if origin == "self" else image["data"],
+        max_attempts=settings.job_max_attempts,
+        **extra.get("job_fields", {}),
+    )
+    task_id = str(job["id"])
+    headers = {"X-Task-Id": task_id}
+    if params["async_"]:
+        data = {"taskId": task_id, "status": job["status"]}
+        return respond(data, status=202 if created else 200, headers=headers)
+    job = wait_for_job(task_id, client["id"], settings.sync_timeout_seconds)
+    env = job_envelope(job)
+    err = ERRCODES.get(env["errcode"], E.INTERNAL)
+    return respond(env["data"], err, env["errmsg"], headers=headers)
+
+
+@bp.post("/reg")
+@require_scope("face:register")
+def register() -> Response:
+    """Register a verified person's face (sync, or async with a callback)."""
+    body = request.get_json(silent=True)
+    params = load(RegisterSchema(), body)
+    id_num = validated_id_num(params["idNum"])
+    settings = get_settings()
+    person = {
+        "name": params["name"].strip(),
+        "personType": params["personType"],
+        "customerID": params["customerID"],
+    }
+
+    job_id = uuid.uuid4()
+    job_fields = {
+        "job_id": job_id,
+        "person": person,
+        # the worker needs the idNum; it waits encrypted, bound to this job, deleted at job end
+        "id_num_encrypted": crypto.encrypt(settings.encryption_key, id_num, aad=job_id.bytes),
+    }
+    return _run("register", params, body, {"job_fields": job_fields})
+
+
+@bp.post("/recong")
+@require_scope("face:recognize")
+def recognize() -> Response:
+    """Recognise a face: the enrolled person it belongs to, and the score."""
+    body = request.get_json(silent=True)
+    params = load(RecognizeSchema(), body)
+    extra: dict[str, Any] = {}
+    if params["threshold"] is not None:
+        extra["threshold"] = params["threshold"]
+    return _run("recognize", params, body, extra)

@@ -1,0 +1,114 @@
+"""Request schemas (marshmallow). Unknown fields are ignored, as the contract asks; a missing
+required field answers errcode 2001 and a wrong one 2002, both naming the field."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Any
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+
+from shared.errors import E, FaceLibError
+from shared.idnum import is_valid_id_num, normalize_id_num
+
+PERSON_TYPES = ("normal", "vip", "inner")
+ORIGINS = ("self", "fds", "uri")
+_MISSING = "Missing data for required field."
+_DATA_URL = re.compile(r"^data:image/[a-zA-Z0-9.+-]+;base64,", re.IGNORECASE)
+
+
+class FaceImageSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    type = fields.String(load_default="image", validate=validate.OneOf(["image"]))
+    origin = fields.String(load_default="self", validate=validate.OneOf(ORIGINS))
+    data = fields.String(required=True, validate=validate.Length(min=1))
+
+
+class _JobRequestSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    async_ = fields.Boolean(data_key="async", load_default=False)
+    faceImage = fields.Nested(FaceImageSchema, required=True)
+    requestId = fields.String(load_default=None, validate=validate.Length(min=1, max=128))
+    callbackUrl = fields.Url(
+        load_default=None,
+        schemes={"http", "https"},
+        require_tld=False,
+        validate=validate.Length(max=2048),
+    )
+
+
+class RegisterSchema(_JobRequestSchema):
+    idNum = fields.String(required=True)
+    name = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    personType = fields.String(required=True, validate=validate.OneOf(PERSON_TYPES))
+    customerID = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
+
+
+class RecognizeSchema(_JobRequestSchema):
+    threshold = fields.Float(load_default=None, validate=validate.Range(min=0, max=100))
+
+
+def _first_error(messages: Any, prefix: str = "") -> tuple[str, str]:
+    if isinstance(messages, dict):
+        for key, value in messages.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if isinstance(value, dict):
+                return _first_error(value, path)
+            text = value[0] if isinstance(value, list) and value else str(value)
+            if isinstance(text, dict):
+                return _first_error(text, path)
+            return path, str(text)
+    return prefix or "body", str(messages)
+
+
+def load(schema: Schema, body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise FaceLibError(E.BODY_NOT_JSON)
+    try:
+        return schema.load(body)
+    except ValidationError as exc:
+        field, message = _first_error(exc.messages)
+        field = "async" if field == "async_" else field
+        if message == _MISSING:
+            raise FaceLibError(E.PARAM_MISSING, detail=field, data={"field": field}) from None
+        raise FaceLibError(
+            E.PARAM_INVALID, detail=f"{field}: {message}", data={"field": field}
+        ) from None
+
+
+def validated_id_num(value: str) -> str:
+    id_num = normalize_id_num(value)
+    if not is_valid_id_num(id_num):
+        raise FaceLibError(E.IDNUM_INVALID, data={"field": "idNum"})
+    return id_num
+
+
+def decode_self_image(data: str, max_base64_bytes: int) -> bytes:
+    """Check and decode base64 image data. The 400 KB limit counts the base64 text (as the seed
+    says: "base64内容需在400k以内"), after an optional `data:image/...;base64,` prefix."""
+    text = _DATA_URL.sub("", data.strip(), count=1)
+    text = "".join(text.split())  # tolerate line breaks (MIME-style base64)
+    if len(text) > max_base64_bytes:
+        raise FaceLibError(
+            E.IMAGE_TOO_LARGE,
+            detail=f"{len(text)} bytes of base64, limit {max_base64_bytes}",
+            data={"field": "faceImage.data"},
+        )
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            if not re.fullmatch(r"[A-Za-z0-9_-]+=*", text):
+                raise ValueError("not base64")
+        except (binascii.Error, ValueError):
+            raise FaceLibError(E.IMAGE_BASE64_INVALID, data={"field": "faceImage.data"}) from None
+    if len(raw) < 16:
+        raise FaceLibError(E.IMAGE_UNDECODABLE, detail="image data too short")
+    return raw

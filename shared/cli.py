@@ -1,0 +1,247 @@
+"""`facelib` command line: run the whole stack, apply migrations, manage clients and tokens.
+
+facelib up                 # embedded Postgres+pgvector and Redis (unless DATABASE_URL /
+                           # REDIS_URL are set), migrations, a worker, the API on :7007
+facelib migrate
+facelib client create NAME [--scopes a,b] [--callback-url URL]
+facelib token issue CLIENT_NAME [--ttl SECONDS]
+facelib token revoke TOKEN
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def home() -> Path:
+    return Path(os.environ.get("FACELIB_HOME", ROOT / "var")).resolve()
+
+
+def ensure_keys(var: Path) -> None:
+    """Dev keys, made once and kept in var/secrets.env (encrypted idNums need the same key)."""
+    path = var / "secrets.env"
+    stored: dict[str, str] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if "=" in line and not line.startswith("#"):
+                k, v = line.split("=", 1)
+                stored[k.strip()] = v.strip()
+    changed = False
+    for name in ("FACELIB_INDEX_KEY", "FACELIB_ENCRYPTION_KEY"):
+        if os.environ.get(name):
+            continue
+        if name not in stored:
+            stored[name] = base64.b64encode(os.urandom(32)).decode()
+            changed = True
+        os.environ[name] = stored[name]
+    if changed:
+        var.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(f"{k}={v}\n" for k, v in stored.items()))
+        path.chmod(0o600)
+
+
+def start_backing_services(var: Path) -> list:
+    """Start the embedded servers that DATABASE_URL / REDIS_URL don't replace."""
+    from shared.embedded import EmbeddedPostgres, EmbeddedRedis
+
+    started: list = []
+    if not os.environ.get("DATABASE_URL"):
+        pg = EmbeddedPostgres(var / "pg")
+        os.environ["DATABASE_URL"] = pg.start()
+        started.append(pg)
+        print(f"PostgreSQL (embedded, pgvector) data in {pg.data_dir}", flush=True)
+    if not os.environ.get("REDIS_URL"):
+        rd = EmbeddedRedis(var / "redis", port=int(os.environ.get("FACELIB_REDIS_PORT", "6390")))
+        os.environ["REDIS_URL"] = rd.start()
+        started.append(rd)
+        print(f"Redis (embedded, AOF on) at {os.environ['REDIS_URL']}", flush=True)
+    return started
+
+
+def worker_command(concurrency: int, beat_schedule: Path | None) -> list[str]:
+    cmd = [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
+        "--concurrency", str(concurrency), "--queues", "faces,callbacks",
+        "--loglevel", os.environ.get("FACELIB_LOG_LEVEL", "INFO"), "--without-gossip",
+    ]  # fmt: skip
+    if beat_schedule is not None:
+        cmd += ["--beat", "--schedule", str(beat_schedule)]
+    return cmd
+
+
+def api_command(port: int, workers: int = 2, threads: int = 8) -> list[str]:
+    return [
+        sys.executable, "-m", "gunicorn", "--worker-class", "gthread",
+        "--workers", str(workers), "--threads", str(threads),
+        "--bind", f"0.0.0.0:{port}", "--graceful-timeout", "30",
+        "--timeout", "120", "api:create_app()",
+    ]  # fmt: skip
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    t0 = time.monotonic()
+    var = home()
+    var.mkdir(parents=True, exist_ok=True)
+    ensure_keys(var)
+    services = start_backing_services(var)
+    from shared.migrate import apply_migrations
+    from shared.settings import get_settings
+
+    settings = get_settings()
+    applied = apply_migrations(settings.database_url)
+    print(f"migrations applied: {applied or 'none (up to date)'}", flush=True)
+    token = _dev_token(args.client)
+    procs: list[subprocess.Popen] = []
+    try:
+        procs.append(
+            subprocess.Popen(
+                worker_command(args.concurrency, var / "celerybeat-schedule"), cwd=ROOT
+            )
+        )
+        procs.append(subprocess.Popen(api_command(settings.port), cwd=ROOT))
+        url = f"http://127.0.0.1:{settings.port}"
+        if _wait_ready(url, timeout=120, procs=procs):
+            print(f"\nfaceLib ready in {time.monotonic() - t0:.1f} s: {url}", flush=True)
+            print(f"  readiness: {url}/health/ready", flush=True)
+            print(f"  token (client {args.client!r}, header Authorization): {token}", flush=True)
+            print("  Ctrl-C stops everything.", flush=True)
+        else:
+            print("faceLib did not become ready; see the logs above", file=sys.stderr)
+            return 1
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopping...", flush=True)
+        return 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for svc in reversed(services):
+            svc.stop()
+
+
+def _wait_ready(url: str, timeout: float, procs: list[subprocess.Popen]) -> bool:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            return False
+        try:
+            r = requests.get(f"{url}/health/ready", timeout=3)
+            if r.status_code == 200:
+                return True
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def _dev_token(client_name: str) -> str:
+    from shared import repo
+    from shared.db import transaction
+    from shared.settings import get_settings
+
+    with transaction() as conn:
+        client = repo.get_client_by_name(conn, client_name)
+        if client is None:
+            client = repo.create_client(conn, client_name, scopes=list(repo.ALL_SCOPES))
+        return repo.issue_token(conn, client["id"], get_settings().token_ttl_seconds)["token"]
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from shared.migrate import apply_migrations
+    from shared.settings import get_settings
+
+    applied = apply_migrations(get_settings().database_url)
+    print(f"applied: {', '.join(applied) if applied else 'nothing (up to date)'}")
+    return 0
+
+
+def cmd_client_create(args: argparse.Namespace) -> int:
+    from shared import repo
+    from shared.db import transaction
+
+    scopes = [s for s in args.scopes.split(",") if s] if args.scopes else None
+    with transaction() as conn:
+        client = repo.create_client(conn, args.name, scopes=scopes, callback_url=args.callback_url)
+    print(f"client {client['name']} (id {client['id']}) scopes {','.join(client['scopes'])}")
+    print(f"callback signing secret: {client['callback_secret']}")
+    return 0
+
+
+def cmd_token_issue(args: argparse.Namespace) -> int:
+    from shared import repo
+    from shared.db import transaction
+    from shared.settings import get_settings
+
+    with transaction() as conn:
+        client = repo.get_client_by_name(conn, args.client)
+        if client is None:
+            print(f"no client named {args.client!r}", file=sys.stderr)
+            return 2
+        issued = repo.issue_token(conn, client["id"], args.ttl or get_settings().token_ttl_seconds)
+    print(issued["token"])
+    print(f"expires {issued['expires_at'].isoformat()}", file=sys.stderr)
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    from shared import repo
+    from shared.db import transaction
+
+    with transaction() as conn:
+        ok = repo.revoke_token(conn, args.token)
+    print("revoked" if ok else "no such active token")
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="facelib", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="run the whole stack (embedded servers unless URLs are set)")
+    up.add_argument("--client", default="dev", help="client to print a token for")
+    up.add_argument(
+        "--concurrency", type=int, default=int(os.environ.get("FACELIB_WORKER_CONCURRENCY", "2"))
+    )
+    up.set_defaults(func=cmd_up)
+    sub.add_parser("migrate", help="apply SQL migrations").set_defaults(func=cmd_migrate)
+    client = sub.add_parser("client").add_subparsers(dest="client_command", required=True)
+    create = client.add_parser("create")
+    create.add_argument("name")
+    create.add_argument("--scopes", help="comma-separated scopes")
+    create.add_argument("--callback-url")
+    create.set_defaults(func=cmd_client_create)
+    token = sub.add_parser("token").add_subparsers(dest="token_command", required=True)
+    issue = token.add_parser("issue")
+    issue.add_argument("client")
+    issue.add_argument("--ttl", type=int)
+    issue.set_defaults(func=cmd_token_issue)
+    revoke = token.add_parser("revoke")
+    revoke.add_argument("token")
+    revoke.set_defaults(func=cmd_token_revoke)
+    args = parser.parse_args(argv)
+    if args.command != "up":
+        ensure_keys(home())  # the dev keys, unless the environment provides them
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

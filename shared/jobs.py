@@ -1,0 +1,85 @@
+"""Submitting jobs and waiting for them: the API's side of the queue.
+
+A job row (with its inputs) is committed first, then its message is sent to the broker; a job
+whose message never left (broker down, process killed in between) has `enqueued_at` NULL and
+the sweeper re-sends it. A synchronous request waits on a Redis pub/sub channel that the worker
+publishes on after it commits, with the database as the source of truth.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import redis
+
+from shared import repo
+from shared.db import transaction
+from shared.errors import E, FaceLibError
+from shared.queue import TASK_FOR_KIND, get_celery, get_redis, job_channel
+
+log = logging.getLogger(__name__)
+
+
+def send_job(job_id: str, kind: str) -> bool:
+    """Hand a committed job to the broker; False (and a warning) if the broker is unreachable."""
+    try:
+        get_celery().send_task(TASK_FOR_KIND[kind], args=[job_id], retry=False)
+    except Exception as exc:  # noqa: BLE001 - any broker failure: the sweeper will re-send
+        log.warning("job %s not sent to the broker (%s); the sweeper will re-send it", job_id, exc)
+        return False
+    with transaction() as conn:
+        repo.mark_enqueued(conn, job_id)
+    return True
+
+
+def submit_job(**fields: Any) -> tuple[dict[str, Any], bool]:
+    """Persist a job (idempotent on requestId) and send it. Returns (job, created)."""
+    with transaction() as conn:
+        job, created = repo.create_job(**fields, conn=conn)
+    if created:
+        send_job(str(job["id"]), job["kind"])
+    return job, created
+
+
+def job_envelope(job: dict[str, Any]) -> dict[str, Any]:
+    """The response a finished job gives (the same for sync answers, polls and callbacks)."""
+    return {"errcode": job["errcode"], "errmsg": job["errmsg"], "data": job["result"] or {}}
+
+
+def wait_for_job(job_id: str, client_id: int, timeout: float) -> dict[str, Any]:
+    """Block until the job is done or failed; FaceLibError(RESULT_TIMEOUT) past the timeout."""
+    deadline = time.monotonic() + timeout
+    pubsub = None
+    try:
+        try:
+            pubsub = get_redis().pubsub(ignore_subscribe_messages=True)
+            pubsub.subscribe(job_channel(job_id))  # before reading the row: no lost wake-up
+        except redis.RedisError:
+            pubsub = None
+        while True:
+            with transaction() as conn:
+                job = repo.get_job(conn, job_id, client_id)
+            if job is None:
+                raise FaceLibError(E.TASK_NOT_FOUND)
+            if job["status"] in ("done", "failed"):
+                return job
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise FaceLibError(
+                    E.RESULT_TIMEOUT, data={"taskId": job_id, "status": job["status"]}
+                )
+            if pubsub is not None:
+                try:
+                    pubsub.get_message(timeout=min(remaining, 1.0))
+                    continue
+                except redis.RedisError:
+                    pubsub = None
+            time.sleep(min(remaining, 0.2))
+    finally:
+        if pubsub is not None:
+            try:
+                pubsub.close()
+            except redis.RedisError:
+                pass

@@ -1,0 +1,95 @@
+"""The Celery application object shared by the API (to send tasks) and the workers.
+
+The API only sends tasks by their stable names (`TASK_*`), so it never imports the worker code
+or dlib. Broker settings follow the at-least-once discipline: late acks, prefetch 1, reject on
+worker loss, a visibility timeout longer than the longest job; every task is idempotent on its
+job id, so a redelivery is harmless.
+"""
+
+from __future__ import annotations
+
+import os
+
+import redis
+from celery import Celery
+
+from shared.settings import get_settings
+
+TASK_REGISTER = "faces.register"
+TASK_RECOGNIZE = "faces.recognize"
+TASK_DELIVER_CALLBACK = "callbacks.deliver"
+TASK_SWEEP = "jobs.sweep"
+
+QUEUE_FACES = "faces"
+QUEUE_CALLBACKS = "callbacks"
+
+TASK_FOR_KIND = {"register": TASK_REGISTER, "recognize": TASK_RECOGNIZE}
+
+
+def make_celery() -> Celery:
+    settings = get_settings()
+    app = Celery("facelib", broker=settings.redis_url)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,  # results live in Postgres (jobs.result), not in Redis
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=settings.job_time_limit_seconds + 30,
+        task_soft_time_limit=settings.job_time_limit_seconds,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            # must exceed the longest job, or Redis re-delivers a job still running
+            "visibility_timeout": max(600, 4 * settings.job_time_limit_seconds),
+            "socket_timeout": 10,
+            "socket_connect_timeout": 10,
+        },
+        task_routes={
+            TASK_REGISTER: {"queue": QUEUE_FACES},
+            TASK_RECOGNIZE: {"queue": QUEUE_FACES},
+            TASK_DELIVER_CALLBACK: {"queue": QUEUE_CALLBACKS},
+            TASK_SWEEP: {"queue": QUEUE_CALLBACKS},
+        },
+        task_default_queue=QUEUE_FACES,
+        beat_schedule={
+            "sweep": {"task": TASK_SWEEP, "schedule": settings.sweep_interval_seconds},
+        },
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+    )
+    return app
+
+
+_celery: Celery | None = None
+
+
+def get_celery() -> Celery:
+    global _celery
+    if _celery is None:
+        _celery = make_celery()
+    return _celery
+
+
+_redis: redis.Redis | None = None
+_redis_pid: int | None = None
+
+
+def get_redis() -> redis.Redis:
+    """A Redis client for pub/sub (job completion), queue depth and rate limits."""
+    global _redis, _redis_pid
+    if _redis is None or _redis_pid != os.getpid():
+        _redis = redis.Redis.from_url(
+            get_settings().redis_url, socket_timeout=10, socket_connect_timeout=5
+        )
+        _redis_pid = os.getpid()
+    return _redis
+
+
+def job_channel(job_id: str) -> str:
+    return f"facelib:job:{job_id}"
+
+
+def queue_depth(queue: str = QUEUE_FACES) -> int:
+    return int(get_redis().llen(queue))

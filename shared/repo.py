@@ -1,0 +1,463 @@
+"""Repositories: the only code that runs SQL. Each function takes an open connection, so the
+caller decides the transaction (see `shared.db.transaction`)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg.types.json import Jsonb
+
+from shared import crypto
+from shared.errors import E, FaceLibError
+from shared.settings import Settings
+
+# --- clients and tokens ------------------------------------------------------------------------
+
+ALL_SCOPES = (
+    "face:register",
+    "face:recognize",
+    "person:read",
+    "person:write",
+    "file:write",
+    "admin",
+)
+
+
+def create_client(
+    conn: psycopg.Connection,
+    name: str,
+    scopes: list[str] | None = None,
+    callback_url: str | None = None,
+) -> dict[str, Any]:
+    scopes = list(scopes or ["face:register", "face:recognize"])
+    unknown = set(scopes) - set(ALL_SCOPES)
+    if unknown:
+        raise ValueError(f"unknown scopes: {sorted(unknown)}")
+    row = conn.execute(
+        "INSERT INTO api_clients (name, scopes, callback_url, callback_secret)"
+        " VALUES (%s, %s, %s, %s) RETURNING *",
+        (name, scopes, callback_url, crypto.new_webhook_secret()),
+    ).fetchone()
+    assert row is not None
+    return row
+
+
+def get_client_by_name(conn: psycopg.Connection, name: str) -> dict[str, Any] | None:
+    return conn.execute("SELECT * FROM api_clients WHERE name = %s", (name,)).fetchone()
+
+
+def issue_token(conn: psycopg.Connection, client_id: int, ttl_seconds: int) -> dict[str, Any]:
+    token = crypto.new_token()
+    expires = datetime.now(UTC) + timedelta(seconds=ttl_seconds)
+    conn.execute(
+        "INSERT INTO api_tokens (client_id, token_hash, token_prefix, expires_at)"
+        " VALUES (%s, %s, %s, %s)",
+        (client_id, crypto.sha256(token), token[:8], expires),
+    )
+    return {"token": token, "expires_at": expires}
+
+
+def revoke_token(conn: psycopg.Connection, token: str) -> bool:
+    cur = conn.execute(
+        "UPDATE api_tokens SET revoked_at = now() WHERE token_hash = %s AND revoked_at IS NULL",
+        (crypto.sha256(token),),
+    )
+    return cur.rowcount == 1
+
+
+def authenticate(conn: psycopg.Connection, token: str) -> dict[str, Any]:
+    """The client behind a token, or FaceLibError (missing/invalid/expired).
+
+    Lookup is by SHA-256 of the token (an index hit on a hash, so timing reveals nothing about
+    the token); a malformed token (bad prefix or checksum) is refused before any query.
+    """
+    if not crypto.token_well_formed(token):
+        raise FaceLibError(E.TOKEN_INVALID)
+    row = conn.execute(
+        "SELECT t.id AS token_id, t.expires_at, t.revoked_at, t.last_used_at, c.*"
+        " FROM api_tokens t JOIN api_clients c ON c.id = t.client_id"
+        " WHERE t.token_hash = %s",
+        (crypto.sha256(token),),
+    ).fetchone()
+    if row is None or row["revoked_at"] is not None or row["status"] != "active":
+        raise FaceLibError(E.TOKEN_INVALID)
+    now = datetime.now(UTC)
+    if row["expires_at"] <= now:
+        raise FaceLibError(E.TOKEN_EXPIRED)
+    if row["last_used_at"] is None or now - row["last_used_at"] > timedelta(minutes=1):
+        conn.execute("UPDATE api_tokens SET last_used_at = now() WHERE id = %s", (row["token_id"],))
+    return row
+
+
+# --- jobs --------------------------------------------------------------------------------------
+
+
+def create_job(
+    conn: psycopg.Connection,
+    *,
+    kind: str,
+    client_id: int,
+    request_id: str | None,
+    request_hash: bytes,
+    meta: dict[str, Any],
+    callback_url: str | None,
+    origin: str,
+    image: bytes | None,
+    ref: str | None,
+    max_attempts: int,
+    id_num_encrypted: bytes | None = None,
+    person: dict[str, Any] | None = None,
+    job_id: uuid.UUID | None = None,
+) -> tuple[dict[str, Any], bool]:
+    """Insert a job and its image; with a requestId already used, return the original job.
+
+    Returns (job, created). The same requestId with another request body is refused.
+    """
+    job_id = job_id or uuid.uuid4()
+    row = conn.execute(
+        "INSERT INTO jobs (id, kind, client_id, request_id, request_hash, request_meta,"
+        " callback_url, max_attempts) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (client_id, request_id) DO NOTHING RETURNING *",
+        (
+            job_id,
+            kind,
+            client_id,
+            request_id,
+            request_hash,
+            Jsonb(meta),
+            callback_url,
+            max_attempts,
+        ),
+    ).fetchone()
+    if row is None:
+        existing = conn.execute(
+            "SELECT * FROM jobs WHERE client_id = %s AND request_id = %s",
+            (client_id, request_id),
+        ).fetchone()
+        assert existing is not None
+        if existing["request_hash"] != request_hash or existing["kind"] != kind:
+            raise FaceLibError(E.IDEMPOTENCY_CONFLICT, data={"taskId": str(existing["id"])})
+        return existing, False
+    conn.execute(
+        "INSERT INTO job_inputs (job_id, origin, data, ref, id_num_encrypted, person)"
+        " VALUES (%s, %s, %s, %s, %s, %s)",
+        (job_id, origin, image, ref, id_num_encrypted, Jsonb(person) if person else None),
+    )
+    return row, True
+
+
+def mark_enqueued(conn: psycopg.Connection, job_id: uuid.UUID | str) -> None:
+    conn.execute("UPDATE jobs SET enqueued_at = now() WHERE id = %s", (job_id,))
+
+
+def get_job(
+    conn: psycopg.Connection, job_id: uuid.UUID | str, client_id: int | None = None
+) -> dict[str, Any] | None:
+    try:
+        uuid.UUID(str(job_id))
+    except ValueError:
+        return None
+    if client_id is None:
+        return conn.execute("SELECT * FROM jobs WHERE id = %s", (job_id,)).fetchone()
+    return conn.execute(
+        "SELECT * FROM jobs WHERE id = %s AND client_id = %s", (job_id, client_id)
+    ).fetchone()
+
+
+def start_job(conn: psycopg.Connection, job_id: str, lease_seconds: int) -> dict[str, Any] | None:
+    """Claim a job for this attempt; None when it already finished (a redelivered message)."""
+    return conn.execute(
+        "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = now(),"
+        " lease_expires_at = now() + make_interval(secs => %s)"
+        " WHERE id = %s AND status IN ('queued', 'running') RETURNING *,"
+        " extract(epoch FROM now() - coalesce(enqueued_at, created_at)) AS queue_wait",
+        (lease_seconds, job_id),
+    ).fetchone()
+
+
+def release_job(conn: psycopg.Connection, job_id: str) -> None:
+    """Give a job back to the queue state after a transient failure (it will be retried)."""
+    conn.execute(
+        "UPDATE jobs SET status = 'queued', lease_expires_at = NULL, enqueued_at = now()"
+        " WHERE id = %s AND status = 'running'",
+        (job_id,),
+    )
+
+
+def load_job_input(conn: psycopg.Connection, job_id: str) -> dict[str, Any] | None:
+    return conn.execute("SELECT * FROM job_inputs WHERE job_id = %s", (job_id,)).fetchone()
+
+
+def finish_job(
+    conn: psycopg.Connection,
+    job: dict[str, Any],
+    *,
+    errcode: int,
+    errmsg: str,
+    result: dict[str, Any],
+    timings: dict[str, float] | None = None,
+) -> dict[str, Any] | None:
+    """Record the outcome, drop the inputs (image, personal data), create the callback delivery.
+
+    Returns the delivery row (or None). Only a job still running is finished, so two
+    deliveries of the same message cannot both finish it.
+    """
+    status = "done" if errcode == 0 else "failed"
+    cur = conn.execute(
+        "UPDATE jobs SET status = %s, errcode = %s, errmsg = %s, result = %s, timings = %s,"
+        " finished_at = now(), lease_expires_at = NULL"
+        " WHERE id = %s AND status IN ('queued', 'running')",
+        (status, errcode, errmsg, Jsonb(result), Jsonb(timings or {}), job["id"]),
+    )
+    if cur.rowcount != 1:
+        return None
+    conn.execute("DELETE FROM job_inputs WHERE job_id = %s", (job["id"],))
+    url = job.get("callback_url")
+    if not url:
+        return None
+    payload = {
+        "errcode": errcode,
+        "errmsg": errmsg,
+        "data": result,
+        "taskId": str(job["id"]),
+        "requestId": job.get("request_id"),
+    }
+    return conn.execute(
+        # sent at once by the worker after commit; the sweeper picks it up a minute later
+        # only if that message was lost
+        "INSERT INTO callback_deliveries (job_id, client_id, url, webhook_id, payload,"
+        " next_attempt_at) VALUES (%s, %s, %s, %s, %s, now() + interval '60 seconds')"
+        " ON CONFLICT (job_id) DO NOTHING RETURNING *",
+        (job["id"], job["client_id"], url, f"msg_{job['id'].hex}", Jsonb(payload)),
+    ).fetchone()
+
+
+def jobs_to_resend(
+    conn: psycopg.Connection, unsent_after_seconds: float, lease_seconds: float
+) -> list[dict[str, Any]]:
+    """Jobs whose message never reached the broker, and running jobs whose lease expired.
+
+    A running job picked here gets a fresh lease, so it is re-sent once per lease, not on
+    every sweep.
+    """
+    stale = conn.execute(
+        "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => %s)"
+        " WHERE id IN (SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at < now()"
+        "   ORDER BY created_at LIMIT 500 FOR UPDATE SKIP LOCKED) RETURNING id, kind",
+        (lease_seconds,),
+    ).fetchall()
+    unsent = conn.execute(
+        "SELECT id, kind FROM jobs WHERE status = 'queued' AND enqueued_at IS NULL"
+        " AND created_at < now() - make_interval(secs => %s) ORDER BY created_at LIMIT 500",
+        (unsent_after_seconds,),
+    ).fetchall()
+    return stale + unsent
+
+
+# --- persons and faces ---------------------------------------------------------------------------
+
+
+def find_person(conn: psycopg.Connection, settings: Settings, id_num: str) -> dict | None:
+    return conn.execute(
+        "SELECT * FROM persons WHERE id_num_index = %s",
+        (crypto.blind_index(settings.index_key, id_num),),
+    ).fetchone()
+
+
+def upsert_person(
+    conn: psycopg.Connection,
+    settings: Settings,
+    *,
+    id_num: str,
+    name: str,
+    person_type: str,
+    customer_id: str | None,
+    client_id: int,
+) -> dict[str, Any]:
+    """Create the person, or update name/type/customerID of the one with this idNum.
+
+    The row is locked until the transaction ends, so concurrent enrolments of one person
+    serialise on it (and the face cap holds).
+    """
+    index = crypto.blind_index(settings.index_key, id_num)
+    row = conn.execute(
+        "INSERT INTO persons (id_num_index, id_num_encrypted, id_num_key_id, id_num_masked,"
+        " name, person_type, customer_id, created_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (id_num_index) DO UPDATE SET name = EXCLUDED.name,"
+        " person_type = EXCLUDED.person_type,"
+        " customer_id = CASE WHEN %s THEN EXCLUDED.customer_id ELSE persons.customer_id END,"
+        " updated_at = now() RETURNING *",
+        (
+            index,
+            crypto.encrypt(settings.encryption_key, id_num, aad=index),
+            settings.encryption_key_id,
+            crypto.mask_id_num(id_num),
+            name,
+            person_type,
+            customer_id or "",
+            client_id,
+            customer_id is not None,
+        ),
+    ).fetchone()
+    assert row is not None
+    return row
+
+
+def count_faces(conn: psycopg.Connection, person_id: int | None = None) -> int:
+    if person_id is None:
+        row = conn.execute("SELECT count(*) AS n FROM faces").fetchone()
+    else:
+        row = conn.execute(
+            "SELECT count(*) AS n FROM faces WHERE person_id = %s", (person_id,)
+        ).fetchone()
+    assert row is not None
+    return int(row["n"])
+
+
+def add_face(
+    conn: psycopg.Connection,
+    *,
+    person_id: int,
+    embedding: np.ndarray,
+    box: list[int],
+    quality: dict[str, float],
+    model: str,
+    backend: str,
+    job_id: uuid.UUID | str,
+    image_sha256: bytes,
+) -> bool:
+    """Insert the face of a registration job; False if this job already inserted it."""
+    cur = conn.execute(
+        "INSERT INTO faces (person_id, embedding, box, quality, model, backend, job_id,"
+        " image_sha256) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (job_id) DO NOTHING",
+        (
+            person_id,
+            np.asarray(embedding, dtype=np.float32),
+            box,
+            Jsonb(quality),
+            model,
+            backend,
+            job_id,
+            image_sha256,
+        ),
+    )
+    return cur.rowcount == 1
+
+
+def nearest_faces(
+    conn: psycopg.Connection, embedding: np.ndarray, *, limit: int, ef_search: int
+) -> list[dict[str, Any]]:
+    """The `limit` nearest faces by cosine distance, through the HNSW index."""
+    conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(ef_search),))
+    vec = np.asarray(embedding, dtype=np.float32)
+    return conn.execute(
+        "SELECT id AS face_id, person_id, embedding <=> %s AS distance FROM faces"
+        " ORDER BY embedding <=> %s LIMIT %s",
+        (vec, vec, limit),
+    ).fetchall()
+
+
+def get_person(conn: psycopg.Connection, person_id: int) -> dict[str, Any] | None:
+    return conn.execute("SELECT * FROM persons WHERE id = %s", (person_id,)).fetchone()
+
+
+def decrypt_id_num(settings: Settings, person: dict[str, Any]) -> str:
+    return crypto.decrypt(
+        settings.encryption_key,
+        bytes(person["id_num_encrypted"]),
+        aad=bytes(person["id_num_index"]),
+    )
+
+
+# --- callbacks ---------------------------------------------------------------------------------
+
+
+def claim_delivery(conn: psycopg.Connection, delivery_id: int) -> dict[str, Any] | None:
+    """Take a pending delivery for one attempt (skipped if another worker holds it)."""
+    return conn.execute(
+        "UPDATE callback_deliveries d SET status = 'delivering', claimed_at = now()"
+        " FROM api_clients c WHERE d.id = ("
+        "   SELECT id FROM callback_deliveries WHERE id = %s AND status = 'pending'"
+        "   FOR UPDATE SKIP LOCKED)"
+        " AND c.id = d.client_id"
+        " RETURNING d.*, c.callback_secret, c.callback_secret_previous",
+        (delivery_id,),
+    ).fetchone()
+
+
+def record_attempt(
+    conn: psycopg.Connection,
+    delivery: dict[str, Any],
+    *,
+    http_status: int | None,
+    error: str | None,
+    duration_ms: int,
+    schedule: tuple[int, ...],
+    jitter: float,
+) -> str:
+    """Store an attempt and move the delivery on: delivered, pending (next try) or dead."""
+    attempt_no = delivery["attempts"] + 1
+    conn.execute(
+        "INSERT INTO callback_attempts (delivery_id, attempt_no, http_status, error, duration_ms)"
+        " SELECT %s, coalesce(max(attempt_no), 0) + 1, %s, %s, %s FROM callback_attempts"
+        " WHERE delivery_id = %s",
+        (delivery["id"], http_status, error, duration_ms, delivery["id"]),
+    )
+    if error is None:
+        status = "delivered"
+        conn.execute(
+            "UPDATE callback_deliveries SET status = 'delivered', attempts = %s,"
+            " last_http_status = %s, last_error = NULL, delivered_at = now() WHERE id = %s",
+            (attempt_no, http_status, delivery["id"]),
+        )
+    elif attempt_no > len(schedule):
+        status = "dead"
+        conn.execute(
+            "UPDATE callback_deliveries SET status = 'dead', attempts = %s,"
+            " last_http_status = %s, last_error = %s, dead_at = now() WHERE id = %s",
+            (attempt_no, http_status, error, delivery["id"]),
+        )
+    else:
+        status = "pending"
+        delay = schedule[attempt_no - 1] * jitter
+        conn.execute(
+            "UPDATE callback_deliveries SET status = 'pending', attempts = %s,"
+            " last_http_status = %s, last_error = %s,"
+            " next_attempt_at = now() + make_interval(secs => %s) WHERE id = %s",
+            (attempt_no, http_status, error, delay, delivery["id"]),
+        )
+    return status
+
+
+def due_deliveries(conn: psycopg.Connection, stale_after_seconds: float) -> list[int]:
+    """Pending deliveries now due, after un-sticking ones whose worker died mid-attempt.
+
+    Each one picked is pushed a minute ahead, so a sweep that runs again before its attempt
+    starts does not dispatch it twice (the claim would refuse the second anyway).
+    """
+    conn.execute(
+        "UPDATE callback_deliveries SET status = 'pending' WHERE status = 'delivering'"
+        " AND claimed_at < now() - make_interval(secs => %s)",
+        (stale_after_seconds,),
+    )
+    rows = conn.execute(
+        "UPDATE callback_deliveries SET next_attempt_at = now() + interval '60 seconds'"
+        " WHERE id IN (SELECT id FROM callback_deliveries WHERE status = 'pending'"
+        "   AND next_attempt_at <= now() ORDER BY next_attempt_at LIMIT 500"
+        "   FOR UPDATE SKIP LOCKED) RETURNING id"
+    ).fetchall()
+    return [r["id"] for r in rows]
+
+
+def replay_delivery(conn: psycopg.Connection, delivery_id: int, client_id: int) -> bool:
+    """Put a dead (or delivered) delivery back in the queue for a fresh series of attempts."""
+    cur = conn.execute(
+        "UPDATE callback_deliveries SET status = 'pending', attempts = 0, next_attempt_at = now(),"
+        " dead_at = NULL WHERE id = %s AND client_id = %s AND status IN ('dead', 'delivered')",
+        (delivery_id, client_id),
+    )
+    return cur.rowcount == 1

@@ -1,0 +1,54 @@
+"""The 0-100 score of the seed, calibrated so that it states the false-accept rate.
+
+score = 40 - 10 * log10(FAR), where FAR is the share of different-person comparisons at least as
+close as this one: 70 <=> FAR 1/1,000 and 80 <=> 1/10,000 (as the seed says), 90 <=> 1/100,000.
+The map from cosine distance to score is a monotone table fitted on LFW folds 1-7 with this
+project's engine by `scripts/calibrate_score.py`, stored in `shared/calibration.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CALIBRATION_FILE = Path(__file__).with_name("calibration.json")
+
+
+@lru_cache(maxsize=1)
+def calibration() -> dict[str, Any]:
+    data = json.loads(CALIBRATION_FILE.read_text(encoding="utf-8"))
+    knots = np.asarray(data["knots"], dtype=np.float64)  # rows: cosine distance, score
+    if np.any(np.diff(knots[:, 0]) <= 0) or np.any(np.diff(knots[:, 1]) > 0):
+        raise ValueError("calibration knots must rise in distance and fall in score")
+    data["_d"], data["_s"] = knots[:, 0], knots[:, 1]
+    return data
+
+
+def score_from_distance(distance: float) -> float:
+    """Score 0-100 of a cosine distance (0 = identical direction, 2 = opposite)."""
+    cal = calibration()
+    return float(np.clip(np.interp(distance, cal["_d"], cal["_s"]), 0.0, 100.0))
+
+
+def far_from_score(score: float) -> float:
+    """False-accept rate per comparison at this score (the score's definition)."""
+    return min(1.0, 10 ** ((40.0 - score) / 10.0))
+
+
+def gallery_false_match_rate(score: float, gallery_faces: int) -> float:
+    """Chance that a stranger scores at least `score` against some face of a gallery of N."""
+    far = far_from_score(score)
+    if gallery_faces <= 0:
+        return 0.0
+    # 1 - (1 - far)^N, computed stably for tiny far
+    return -math.expm1(gallery_faces * math.log1p(-far)) if far < 1 else 1.0
+
+
+def format_score(score: float) -> str:
+    """The seed sends the score as a string; we send it with one decimal, e.g. "82.4"."""
+    return f"{score:.1f}"

@@ -1,0 +1,244 @@
+"""Celery tasks: registration, recognition, callback delivery and the sweeper.
+
+Every task takes ids only (the job's inputs live in Postgres) and is idempotent on them: a
+redelivered message for a finished job does nothing, and a registration inserts its face with
+`ON CONFLICT (job_id) DO NOTHING`. Errors no retry can fix (bad image, no face...) fail the job at
+once with their errcode; transient ones (database, broker, file fetch) are retried with
+exponential backoff and jitter until the job's attempt cap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import time
+from typing import Any
+
+import psycopg
+import redis
+from celery.exceptions import SoftTimeLimitExceeded
+
+from shared import crypto, repo
+from shared.callbacks import post_callback
+from shared.db import transaction
+from shared.errors import E, FaceLibError
+from shared.jobs import send_job
+from shared.queue import (
+    TASK_DELIVER_CALLBACK,
+    TASK_RECOGNIZE,
+    TASK_REGISTER,
+    TASK_SWEEP,
+    get_redis,
+    job_channel,
+)
+from shared.recognition import recognition_result
+from shared.settings import get_settings
+from worker.celery_app import app
+from worker.engine import Analysis, EngineConfig, FaceEngine, get_engine
+
+log = logging.getLogger(__name__)
+
+TRANSIENT = (psycopg.OperationalError, psycopg.errors.SerializationFailure, redis.RedisError)
+
+
+def engine() -> FaceEngine:
+    s = get_settings()
+    return get_engine(
+        EngineConfig(
+            max_pixels=s.max_image_pixels,
+            min_face_px=s.min_face_px,
+            num_jitters=s.num_jitters,
+            backend=s.embedding_backend,
+            backend_threads=s.backend_threads,
+        )
+    )
+
+
+def _backoff(attempt: int) -> float:
+    return min(60.0, 2.0**attempt) * random.uniform(0.5, 1.5)  # noqa: S311 - jitter only
+
+
+def _failure_data(kind: str) -> dict[str, Any]:
+    return {"ok": "false"} if kind == "register" else {"isMatch": "false"}
+
+
+def _after_commit(job_id: str, status: str, delivery: dict[str, Any] | None) -> None:
+    try:
+        get_redis().publish(job_channel(job_id), status)
+    except redis.RedisError:
+        log.warning("could not publish completion of job %s (waiters fall back to polling)", job_id)
+    if delivery is not None:
+        deliver_callback.apply_async(args=[delivery["id"]], retry=False)
+
+
+def _load_image(job: dict[str, Any], inputs: dict[str, Any]) -> bytes:
+    from shared.image_sources import load_image
+
+    return load_image(inputs["origin"], inputs["data"], inputs["ref"], client_id=job["client_id"])
+
+
+def _register(conn: psycopg.Connection, job: dict, inputs: dict, analysis: Analysis, image: bytes):
+    s = get_settings()
+    id_num = crypto.decrypt(s.encryption_key, bytes(inputs["id_num_encrypted"]), job["id"].bytes)
+    fields = inputs["person"]
+    person = repo.upsert_person(
+        conn,
+        s,
+        id_num=id_num,
+        name=fields["name"],
+        person_type=fields["personType"],
+        customer_id=fields.get("customerID"),
+        client_id=job["client_id"],
+    )
+    if repo.count_faces(conn, person["id"]) >= s.faces_per_person:
+        raise FaceLibError(E.FACE_LIMIT_REACHED, detail=f"at most {s.faces_per_person}")
+    face = analysis.faces[0]
+    repo.add_face(
+        conn,
+        person_id=person["id"],
+        embedding=face.embedding,
+        box=[int(v) for v in face.box],
+        quality={k: float(v) for k, v in face.quality.items()},
+        model=analysis.model,
+        backend=analysis.backend,
+        job_id=job["id"],
+        image_sha256=hashlib.sha256(image).digest(),
+    )
+    return {"ok": "true"}
+
+
+def run_job(task: Any, job_id: str, kind: str) -> None:
+    s = get_settings()
+    started = time.monotonic()
+    try:
+        with transaction() as conn:
+            job = repo.start_job(conn, job_id, s.job_time_limit_seconds + 60)
+            if job is None:
+                return  # already finished: a redelivered message
+            inputs = repo.load_job_input(conn, job_id)
+            exhausted = job["attempts"] > job["max_attempts"] or inputs is None
+            if exhausted:
+                err = FaceLibError(E.JOB_ATTEMPTS_EXHAUSTED if inputs else E.INTERNAL)
+                delivery = repo.finish_job(
+                    conn, job, errcode=err.errcode, errmsg=err.errmsg, result=_failure_data(kind)
+                )
+    except TRANSIENT as exc:
+        raise task.retry(countdown=_backoff(task.request.retries), exc=exc, max_retries=10) from exc
+    if exhausted:
+        _after_commit(job_id, "failed", delivery)
+        return
+
+    timings: dict[str, float] = {"queue_wait": float(job.get("queue_wait") or 0.0)}
+    try:
+        t = time.monotonic()
+        image = _load_image(job, inputs)
+        timings["fetch"] = time.monotonic() - t
+        analysis = engine().analyze(image, "register" if kind == "register" else "recognize")
+        timings.update(analysis.timings)
+        t = time.monotonic()
+        with transaction() as conn:
+            if kind == "register":
+                result = _register(conn, job, inputs, analysis, image)
+            else:
+                result = recognition_result(conn, s, analysis.faces[0].embedding, job)
+            timings["db"] = time.monotonic() - t
+            timings["total"] = time.monotonic() - started
+            delivery = repo.finish_job(
+                conn, job, errcode=0, errmsg="SUCCESS", result=result, timings=timings
+            )
+        _after_commit(job_id, "done", delivery)
+        return
+    except FaceLibError as err:
+        if err.err.retryable and job["attempts"] < job["max_attempts"]:
+            failure: BaseException = err
+        else:
+            with transaction() as conn:
+                delivery = repo.finish_job(
+                    conn,
+                    job,
+                    errcode=err.errcode,
+                    errmsg=err.errmsg,
+                    result={**_failure_data(kind), **err.data},
+                    timings=timings,
+                )
+            _after_commit(job_id, "failed", delivery)
+            return
+    except (*TRANSIENT, SoftTimeLimitExceeded) as exc:
+        failure = exc
+    except Exception as exc:  # noqa: BLE001 - a bug must not lose the job: retry, then fail
+        log.exception("job %s (%s) raised %s", job_id, kind, type(exc).__name__)
+        failure = exc
+    # transient failure: give the job back and retry later, until the attempt cap
+    if job["attempts"] >= job["max_attempts"]:
+        with transaction() as conn:
+            delivery = repo.finish_job(
+                conn,
+                job,
+                errcode=E.JOB_ATTEMPTS_EXHAUSTED.code,
+                errmsg=f"{E.JOB_ATTEMPTS_EXHAUSTED.message} ({type(failure).__name__})",
+                result=_failure_data(kind),
+                timings=timings,
+            )
+        _after_commit(job_id, "failed", delivery)
+        return
+    with transaction() as conn:
+        repo.release_job(conn, job_id)
+    raise task.retry(
+        countdown=_backoff(job["attempts"]), exc=failure, max_retries=None
+    ) from failure
+
+
+@app.task(name=TASK_REGISTER, bind=True)
+def register_person(self: Any, job_id: str) -> None:
+    run_job(self, job_id, "register")
+
+
+@app.task(name=TASK_RECOGNIZE, bind=True)
+def recognize_face(self: Any, job_id: str) -> None:
+    run_job(self, job_id, "recognize")
+
+
+@app.task(name=TASK_DELIVER_CALLBACK)
+def deliver_callback(delivery_id: int) -> str | None:
+    s = get_settings()
+    with transaction() as conn:
+        delivery = repo.claim_delivery(conn, delivery_id)
+    if delivery is None:
+        return None  # delivered, dead, or being delivered by another worker
+    http_status, error, duration_ms = post_callback(
+        delivery["url"],
+        delivery["payload"],
+        webhook_id=delivery["webhook_id"],
+        secrets=[delivery["callback_secret"], delivery["callback_secret_previous"]],
+        timeout=s.callback_timeout_seconds,
+        allow_private=s.callback_allow_private,
+    )
+    with transaction() as conn:
+        return repo.record_attempt(
+            conn,
+            delivery,
+            http_status=http_status,
+            error=error,
+            duration_ms=duration_ms,
+            schedule=s.callback_schedule,
+            jitter=random.uniform(0.8, 1.2),  # noqa: S311 - jitter only
+        )
+
+
+@app.task(name=TASK_SWEEP)
+def sweep() -> dict[str, int]:
+    """Re-send lost or stalled jobs and dispatch callback attempts that are due."""
+    s = get_settings()
+    with transaction() as conn:
+        jobs = repo.jobs_to_resend(
+            conn, unsent_after_seconds=10, lease_seconds=s.job_time_limit_seconds + 60
+        )
+        deliveries = repo.due_deliveries(
+            conn, stale_after_seconds=2 * s.callback_timeout_seconds + 30
+        )
+    for job in jobs:
+        send_job(str(job["id"]), job["kind"])
+    for delivery_id in deliveries:
+        deliver_callback.apply_async(args=[delivery_id], retry=False)
+    return {"jobs": len(jobs), "callbacks": len(deliveries)}
