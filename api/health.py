@@ -18,8 +18,10 @@ _workers_cache: dict[str, float | int] = {"at": 0.0, "count": 0}
 
 def _worker_count() -> int:
     now = time.monotonic()
-    if now - float(_workers_cache["at"]) > 5:  # a ping costs up to a second: cache it
+    if now - float(_workers_cache["at"]) > 5:  # a ping costs up to a second: cache a success
         replies = get_celery().control.ping(timeout=1.0) or []
+        if not replies:
+            return 0
         _workers_cache.update(at=now, count=len(replies))
     return int(_workers_cache["count"])
 

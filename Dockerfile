@@ -1,0 +1,14 @@
+# One image for the API, the workers and the scheduler (see docker-compose.yml).
+FROM python:3.11-slim
+ENV PYTHONUNBUFFERED=1 UV_PROJECT_ENVIRONMENT=/opt/venv PATH=/opt/venv/bin:$PATH
+RUN apt-get update && apt-get install -y --no-install-recommends curl libgomp1 \
+    && rm -rf /var/lib/apt/lists/* && pip install --no-cache-dir uv==0.9.*
+WORKDIR /app
+COPY pyproject.toml uv.lock README.md ./
+COPY api api
+COPY worker worker
+COPY shared shared
+COPY sql sql
+RUN uv sync --frozen --no-dev
+EXPOSE 7007
+CMD ["gunicorn", "--worker-class", "gthread", "--workers", "4", "--threads", "8", "--bind", "0.0.0.0:7007", "api:create_app()"]

@@ -1,0 +1,222 @@
+"""The real stack for tests: PostgreSQL + pgvector, Redis, a Celery worker process, the API.
+
+Embedded servers start in a temporary directory unless DATABASE_URL / REDIS_URL point at
+existing ones (then a fresh database `facelib_test_<random>` is created on that server and
+dropped at the end). The worker and the API (gunicorn) run as separate processes, exactly as
+`facelib up` runs them; their logs are kept for the personal-data scan.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import requests
+from psycopg.rows import dict_row
+
+ROOT = Path(__file__).resolve().parent.parent
+FACES = ROOT / "tests" / "fixtures" / "faces"
+LFW = Path(os.environ.get("FACELIB_LFW", ROOT.parent / "shared" / "faces" / "lfw"))
+
+
+def face_bytes(name: str) -> bytes:
+    return (FACES / name).read_bytes()
+
+
+def face_b64(name: str) -> str:
+    return base64.b64encode(face_bytes(name)).decode()
+
+
+def small_jpeg_b64(name: str, max_side: int = 800) -> str:
+    """A photo re-encoded to fit the 400 KB base64 limit (as a client would send it)."""
+    import io
+
+    from PIL import Image, ImageOps
+
+    img = ImageOps.exif_transpose(Image.open(FACES / name)).convert("RGB")
+    img.thumbnail((max_side, max_side))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=90)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@dataclass
+class Stack:
+    api_url: str
+    database_url: str
+    redis_url: str
+    env: dict[str, str]
+    log_dir: Path
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def db(self) -> psycopg.Connection:
+        return psycopg.connect(self.database_url, row_factory=dict_row, autocommit=True)
+
+    def client(self, name: str | None = None, scopes: list[str] | None = None, **kw: Any) -> dict:
+        """A new API client with a token: {'id', 'name', 'token', 'callback_secret'}."""
+        from shared import repo
+        from shared.db import transaction
+
+        name = name or f"client-{secrets.token_hex(4)}"
+        with transaction() as conn:
+            c = repo.create_client(conn, name, scopes=scopes, callback_url=kw.get("callback_url"))
+            t = repo.issue_token(conn, c["id"], kw.get("ttl", 3600))
+        return {**c, "token": t["token"]}
+
+    def post(self, path: str, token: str | None, body: Any, **kw: Any) -> requests.Response:
+        headers = kw.pop("headers", {})
+        if token is not None:
+            headers.setdefault("Authorization", token)
+        return requests.post(f"{self.api_url}{path}", json=body, headers=headers, timeout=120, **kw)
+
+    def get(self, path: str, token: str | None, **kw: Any) -> requests.Response:
+        headers = kw.pop("headers", {})
+        if token is not None:
+            headers.setdefault("Authorization", token)
+        return requests.get(f"{self.api_url}{path}", headers=headers, timeout=60, **kw)
+
+    def start_worker(self, concurrency: int = 2, beat: bool = True) -> subprocess.Popen:
+        from shared.cli import worker_command
+
+        log = open(self.log_dir / f"worker-{len(self.procs)}.log", "ab")  # noqa: SIM115
+        cmd = worker_command(concurrency, self.log_dir / "beat-schedule" if beat else None)
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.procs[f"worker-{len(self.procs)}"] = proc
+        return proc
+
+    def wait_workers(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited; see {self.log_dir}")
+            try:
+                r = requests.get(f"{self.api_url}/health/ready", timeout=10)
+                if r.status_code == 200:
+                    return
+                last = r.text
+            except requests.RequestException as exc:
+                last = repr(exc)
+            time.sleep(0.5)
+        raise RuntimeError(f"stack not ready: {last}")
+
+
+def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, wait: float = 20) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    from shared.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+
+    base = tmp_path_factory.mktemp("stack")
+    log_dir = base / "logs"
+    log_dir.mkdir()
+    services: list[Any] = []
+    drop_db: tuple[str, str] | None = None
+
+    external_db = os.environ.get("DATABASE_URL")
+    if external_db:
+        name = f"facelib_test_{secrets.token_hex(4)}"
+        with psycopg.connect(external_db, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        database_url = psycopg.conninfo.make_conninfo(external_db, dbname=name)
+        drop_db = (external_db, name)
+    else:
+        pg = EmbeddedPostgres(base / "pg", database="facelib_test")
+        database_url = pg.start()
+        services.append(pg)
+    redis_url = os.environ.get("REDIS_URL")
+    if not redis_url:
+        rd = EmbeddedRedis(base / "redis")
+        redis_url = rd.start()
+        services.append(rd)
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "FACELIB_INDEX_KEY": base64.b64encode(os.urandom(32)).decode(),
+        "FACELIB_ENCRYPTION_KEY": base64.b64encode(os.urandom(32)).decode(),
+        "FACELIB_PORT": str(port),
+        "FACELIB_CALLBACK_ALLOW_PRIVATE": "1",  # the test receivers listen on 127.0.0.1
+        "FACELIB_CALLBACK_SCHEDULE": "1,1,1,1",  # short retry schedule for tests
+        "FACELIB_SWEEP_INTERVAL_SECONDS": "1",
+        "FACELIB_SYNC_TIMEOUT_SECONDS": "90",
+        "FACELIB_JOB_TIME_LIMIT_SECONDS": "60",
+        "FACELIB_HOME": str(base / "home"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    os.environ.update({k: v for k, v in env.items() if k.startswith(("FACELIB_", "DATABASE_", "REDIS_"))})
+    from shared.settings import get_settings
+
+    get_settings.cache_clear()
+    from shared.migrate import apply_migrations
+
+    apply_migrations(database_url)
+
+    from shared.cli import api_command
+
+    st = Stack(f"http://127.0.0.1:{port}", database_url, redis_url, env, log_dir)
+    api_log = open(log_dir / "api.log", "ab")  # noqa: SIM115
+    st.procs["api"] = subprocess.Popen(
+        api_command(port, workers=2, threads=8),
+        cwd=ROOT,
+        env=env,
+        stdout=api_log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    st.start_worker()
+    try:
+        st.wait_workers()
+        yield st
+    finally:
+        for proc in st.procs.values():
+            _stop(proc)
+        from shared.db import close_pool
+
+        close_pool()
+        for svc in reversed(services):
+            svc.stop()
+        if drop_db:
+            with psycopg.connect(drop_db[0], autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{drop_db[1]}" WITH (FORCE)')
+        api_log.close()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    lfw_missing = not (LFW / "images").is_dir()
+    run_slow = os.environ.get("FACELIB_SLOW") == "1"
+    for item in items:
+        if lfw_missing and "lfw" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=f"LFW not found at {LFW} (set FACELIB_LFW)"))
+        if not run_slow and "slow" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason="long run: set FACELIB_SLOW=1"))
+
+
+sys.path.insert(0, str(ROOT))
