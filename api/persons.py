@@ -20,6 +20,7 @@ from api.schemas import (
 )
 from shared import crypto
 from shared.callbacks import callback_url_problem
+from shared.db import transaction
 from shared.errors import ERRCODES, E, FaceLibError
 from shared.jobs import job_envelope, submit_job, wait_for_job
 from shared.settings import get_settings
@@ -73,7 +74,8 @@ def _run(
         data = {"taskId": task_id, "status": job["status"]}
         return respond(data, status=202 if created else 200, headers=headers)
     job = wait_for_job(task_id, client["id"], settings.sync_timeout_seconds)
-    env = job_envelope(job)
+    with transaction() as conn:
+        env = job_envelope(conn, job)
     err = ERRCODES.get(env["errcode"], E.INTERNAL)
     return respond(env["data"], err, env["errmsg"], headers=headers)
 

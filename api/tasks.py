@@ -20,6 +20,7 @@ def get_task(task_id: str) -> Response:
     """Status of a job; once finished, `result` holds the envelope the sync call would give."""
     with transaction() as conn:
         job = repo.get_job(conn, task_id, g.client["id"])
+        result = job_envelope(conn, job) if job and job["status"] in ("done", "failed") else None
         delivery = (
             conn.execute(
                 "SELECT id, status, attempts, last_http_status, last_error"
@@ -40,8 +41,8 @@ def get_task(task_id: str) -> Response:
         "createdAt": job["created_at"].isoformat(),
         "finishedAt": job["finished_at"].isoformat() if job["finished_at"] else None,
     }
-    if job["status"] in ("done", "failed"):
-        data["result"] = job_envelope(job)
+    if result is not None:
+        data["result"] = result
     if delivery:
         data["callback"] = {
             "deliveryId": delivery["id"],

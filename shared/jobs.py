@@ -12,12 +12,15 @@ import logging
 import time
 from typing import Any
 
+import psycopg
 import redis
 
 from shared import repo
 from shared.db import transaction
 from shared.errors import E, FaceLibError
 from shared.queue import TASK_FOR_KIND, get_celery, get_redis, job_channel
+from shared.recognition import render_result
+from shared.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +46,10 @@ def submit_job(**fields: Any) -> tuple[dict[str, Any], bool]:
     return job, created
 
 
-def job_envelope(job: dict[str, Any]) -> dict[str, Any]:
+def job_envelope(conn: psycopg.Connection, job: dict[str, Any]) -> dict[str, Any]:
     """The response a finished job gives (the same for sync answers, polls and callbacks)."""
-    return {"errcode": job["errcode"], "errmsg": job["errmsg"], "data": job["result"] or {}}
+    data = render_result(conn, get_settings(), job["result"] or {})
+    return {"errcode": job["errcode"], "errmsg": job["errmsg"], "data": data}
 
 
 def wait_for_job(job_id: str, client_id: int, timeout: float) -> dict[str, Any]:

@@ -12,6 +12,8 @@ from shared.errors import E, FaceLibError
 from shared.score import format_score, gallery_false_match_rate, score_from_distance
 from shared.settings import Settings
 
+PERSON_REF = "_personId"
+
 # Faces fetched from the HNSW index per query; the best face per person is kept among them.
 CANDIDATES = 20
 
@@ -38,14 +40,26 @@ def recognition_result(
         "falseMatchRate": f"{gallery_false_match_rate(score, gallery_faces):.6g}",
     }
     if is_match:
-        person = repo.get_person(conn, best["person_id"])
-        assert person is not None
-        data.update(
-            {
-                "idNum": repo.decrypt_id_num(settings, person),
-                "customerID": person["customer_id"],
-                "name": person["name"],
-                "personType": person["person_type"],
-            }
-        )
+        # stored as a reference: the person's details are filled in when the result is read
+        # (render_result), so job rows and callback rows hold no idNum or name
+        data[PERSON_REF] = best["person_id"]
     return data
+
+
+def render_result(conn: psycopg.Connection, settings: Settings, result: dict) -> dict:
+    """The client-facing data of a stored result: person details filled in from `persons`."""
+    data = dict(result or {})
+    person_id = data.pop(PERSON_REF, None)
+    if person_id is None:
+        return data
+    person = repo.get_person(conn, person_id)
+    if person is None:  # erased since: the match no longer names anyone
+        data["isMatch"] = "false"
+        return data
+    return {
+        "idNum": repo.decrypt_id_num(settings, person),
+        "customerID": person["customer_id"],
+        "name": person["name"],
+        "personType": person["person_type"],
+        **data,
+    }

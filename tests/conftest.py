@@ -92,7 +92,12 @@ class Stack:
         log = open(self.log_dir / f"worker-{len(self.procs)}.log", "ab")  # noqa: SIM115
         cmd = worker_command(concurrency, self.log_dir / "beat-schedule" if beat else None)
         proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            cmd,
+            cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.procs[f"worker-{len(self.procs)}"] = proc
         return proc
@@ -171,7 +176,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "FACELIB_HOME": str(base / "home"),
         "PYTHONUNBUFFERED": "1",
     }
-    os.environ.update({k: v for k, v in env.items() if k.startswith(("FACELIB_", "DATABASE_", "REDIS_"))})
+    os.environ.update(
+        {k: v for k, v in env.items() if k.startswith(("FACELIB_", "DATABASE_", "REDIS_"))}
+    )
     from shared.settings import get_settings
 
     get_settings.cache_clear()

@@ -32,7 +32,7 @@ from shared.queue import (
     get_redis,
     job_channel,
 )
-from shared.recognition import recognition_result
+from shared.recognition import recognition_result, render_result
 from shared.settings import get_settings
 from worker.celery_app import app
 from worker.engine import Analysis, EngineConfig, FaceEngine, get_engine
@@ -204,11 +204,13 @@ def deliver_callback(delivery_id: int) -> str | None:
     s = get_settings()
     with transaction() as conn:
         delivery = repo.claim_delivery(conn, delivery_id)
-    if delivery is None:
-        return None  # delivered, dead, or being delivered by another worker
+        if delivery is None:
+            return None  # delivered, dead, or being delivered by another worker
+        payload = dict(delivery["payload"])
+        payload["data"] = render_result(conn, s, payload.get("data") or {})
     http_status, error, duration_ms = post_callback(
         delivery["url"],
-        delivery["payload"],
+        payload,
         webhook_id=delivery["webhook_id"],
         secrets=[delivery["callback_secret"], delivery["callback_secret_previous"]],
         timeout=s.callback_timeout_seconds,

@@ -58,7 +58,9 @@ def test_pgvector_cosine_search_uses_hnsw_and_orders_by_distance(stack: Stack) -
             for r in conn.execute("EXPLAIN SELECT id FROM v ORDER BY e <=> %s LIMIT 5", (query,))
         )
         assert "v_hnsw" in plan
-        got = [r["id"] for r in conn.execute("SELECT id FROM v ORDER BY e <=> %s LIMIT 5", (query,))]
+        got = [
+            r["id"] for r in conn.execute("SELECT id FROM v ORDER BY e <=> %s LIMIT 5", (query,))
+        ]
     cos = vecs @ (query / np.linalg.norm(query))
     expected = list(np.argsort(-cos)[:5])
     assert got[0] == 3
@@ -123,7 +125,9 @@ def test_token_hash_only_is_stored(stack: Stack) -> None:
         ).fetchall()
     assert len(rows) == 1
     assert bytes(rows[0]["token_hash"]) != c["token"].encode()
-    assert len(bytes(rows[0]["token_hash"])) == 32 and c["token"].startswith(rows[0]["token_prefix"])
+    assert len(bytes(rows[0]["token_hash"])) == 32 and c["token"].startswith(
+        rows[0]["token_prefix"]
+    )
 
 
 def test_readiness_reports_database_broker_and_workers(stack: Stack) -> None:
