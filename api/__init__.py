@@ -24,10 +24,23 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if test_config:
         app.config.update(test_config)
 
-    from api import envelope, health, persons, tasks
+    app.config.update(
+        RATELIMIT_STORAGE_URI=settings.redis_url,
+        RATELIMIT_KEY_PREFIX="facelib-rl",
+        RATELIMIT_SWALLOW_ERRORS=True,  # a Redis hiccup must not refuse requests
+    )
+
+    from api import audit, envelope, health, metrics, openapi, persons, tasks, tokens
+    from api.extensions import limiter
 
     envelope.init_app(app)
+    limiter.init_app(app)
+    audit.init_app(app)
+    metrics.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(persons.bp)
     app.register_blueprint(tasks.bp)
+    app.register_blueprint(tokens.bp)
+    app.register_blueprint(metrics.bp)
+    app.register_blueprint(openapi.bp)
     return app

@@ -11,9 +11,11 @@ from typing import Any, TypeVar
 
 from flask import g, request
 
+from api.extensions import client_key, limiter
 from shared import repo
 from shared.db import transaction
 from shared.errors import E, FaceLibError
+from shared.settings import get_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -25,6 +27,11 @@ def bearer_token() -> str:
     if not raw:
         raise FaceLibError(E.TOKEN_MISSING)
     return raw
+
+
+def _client_rate_limit() -> str:
+    client = g.get("client")
+    return (client and client.get("rate_limit")) or get_settings().rate_limit
 
 
 def require_scope(*scopes: str) -> Callable[[F], F]:
@@ -40,8 +47,10 @@ def require_scope(*scopes: str) -> Callable[[F], F]:
             if "admin" not in granted and not granted.intersection(scopes):
                 raise FaceLibError(E.SCOPE_FORBIDDEN, detail=" or ".join(scopes))
             g.client = client
-            return view(*args, **kwargs)
+            return limited(*args, **kwargs)
 
+        # checked after authentication (inside the wrapper), so the limit is the client's own
+        limited = limiter.limit(_client_rate_limit, key_func=client_key)(view)
         return wrapper  # type: ignore[return-value]
 
     return decorator

@@ -10,7 +10,13 @@ import psycopg
 import redis
 from flask import Flask, Response, g, jsonify, request
 from psycopg_pool import PoolTimeout
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
+from werkzeug.exceptions import (
+    HTTPException,
+    MethodNotAllowed,
+    NotFound,
+    RequestEntityTooLarge,
+    TooManyRequests,
+)
 
 from shared.errors import E, ErrCode, FaceLibError, envelope
 from shared.logs import request_id_var
@@ -27,6 +33,7 @@ def respond(
 ) -> Response:
     resp = jsonify(envelope(data, err, errmsg))
     resp.status_code = status or err.http_status
+    resp.headers["X-Errcode"] = str(err.code)  # for metrics and audit, without re-parsing
     for k, v in (headers or {}).items():
         resp.headers[k] = v
     return resp
@@ -64,6 +71,8 @@ def init_app(app: Flask) -> None:
             return respond(err=E.METHOD_NOT_ALLOWED)
         if isinstance(exc, RequestEntityTooLarge):
             return respond(err=E.BODY_TOO_LARGE)
+        if isinstance(exc, TooManyRequests):
+            return respond(err=E.RATE_LIMITED)
         return respond(err=E.PARAM_INVALID, errmsg=exc.description, status=exc.code or 400)
 
     @app.errorhandler(Exception)

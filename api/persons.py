@@ -23,6 +23,8 @@ from shared.callbacks import callback_url_problem
 from shared.db import transaction
 from shared.errors import ERRCODES, E, FaceLibError
 from shared.jobs import job_envelope, submit_job, wait_for_job
+from shared.queue import queue_depth
+from shared.recognition import PERSON_REF
 from shared.settings import get_settings
 
 bp = Blueprint("persons", __name__, url_prefix="/tech/ai/face/faceLib/person")
@@ -49,7 +51,10 @@ def _run(
         if problem:
             raise FaceLibError(E.PARAM_INVALID, detail=f"callbackUrl: {problem}")
     request_id = params["requestId"] or request.headers.get("Idempotency-Key") or None
+    if params["async_"] and queue_depth() > settings.queue_max_depth:
+        raise FaceLibError(E.BUSY, detail=f"more than {settings.queue_max_depth} jobs waiting")
     meta = {
+        "requestId": g.get("request_id"),
         "async": params["async_"],
         "origin": origin,
         "imageBytes": len(raw) if raw is not None else None,
@@ -74,6 +79,9 @@ def _run(
         data = {"taskId": task_id, "status": job["status"]}
         return respond(data, status=202 if created else 200, headers=headers)
     job = wait_for_job(task_id, client["id"], settings.sync_timeout_seconds)
+    person_id = (job["result"] or {}).get(PERSON_REF)
+    if person_id is not None:
+        g.audit_person_ref = f"p:{person_id}"
     with transaction() as conn:
         env = job_envelope(conn, job)
     err = ERRCODES.get(env["errcode"], E.INTERNAL)
@@ -88,6 +96,7 @@ def register() -> Response:
     params = load(RegisterSchema(), body)
     id_num = validated_id_num(params["idNum"])
     settings = get_settings()
+    g.audit_person_ref = "b:" + crypto.blind_index(settings.index_key, id_num).hex()
     person = {
         "name": params["name"].strip(),
         "personType": params["personType"],

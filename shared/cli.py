@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import base64
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -92,6 +93,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     var = home()
     var.mkdir(parents=True, exist_ok=True)
     ensure_keys(var)
+    prom = var / "prometheus"
+    shutil.rmtree(prom, ignore_errors=True)
+    prom.mkdir()
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(prom))
     services = start_backing_services(var)
     from shared.migrate import apply_migrations
     from shared.settings import get_settings
@@ -181,9 +186,33 @@ def cmd_client_create(args: argparse.Namespace) -> int:
 
     scopes = [s for s in args.scopes.split(",") if s] if args.scopes else None
     with transaction() as conn:
-        client = repo.create_client(conn, args.name, scopes=scopes, callback_url=args.callback_url)
+        client = repo.create_client(
+            conn,
+            args.name,
+            scopes=scopes,
+            callback_url=args.callback_url,
+            rate_limit=args.rate_limit,
+        )
     print(f"client {client['name']} (id {client['id']}) scopes {','.join(client['scopes'])}")
+    print(f"client key:    {client['client_key']}")
+    print(f"client secret: {client['client_secret']}   (shown once; only its hash is stored)")
     print(f"callback signing secret: {client['callback_secret']}")
+    return 0
+
+
+def cmd_client_rotate(args: argparse.Namespace) -> int:
+    from shared import repo
+    from shared.db import transaction
+
+    with transaction() as conn:
+        client = repo.get_client_by_name(conn, args.name)
+        if client is None:
+            print(f"no client named {args.name!r}", file=sys.stderr)
+            return 2
+        secret = repo.rotate_callback_secret(conn, client["id"])
+    print(
+        f"new callback signing secret: {secret} (the previous one also signs until next rotation)"
+    )
     return 0
 
 
@@ -228,7 +257,11 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("name")
     create.add_argument("--scopes", help="comma-separated scopes")
     create.add_argument("--callback-url")
+    create.add_argument("--rate-limit", help='e.g. "20/second;500/minute"')
     create.set_defaults(func=cmd_client_create)
+    rotate = client.add_parser("rotate-callback-secret")
+    rotate.add_argument("name")
+    rotate.set_defaults(func=cmd_client_rotate)
     token = sub.add_parser("token").add_subparsers(dest="token_command", required=True)
     issue = token.add_parser("issue")
     issue.add_argument("client")

@@ -3,6 +3,7 @@ caller decides the transaction (see `shared.db.transaction`)."""
 
 from __future__ import annotations
 
+import hmac
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,18 +33,54 @@ def create_client(
     name: str,
     scopes: list[str] | None = None,
     callback_url: str | None = None,
+    rate_limit: str | None = None,
 ) -> dict[str, Any]:
     scopes = list(scopes or ["face:register", "face:recognize"])
     unknown = set(scopes) - set(ALL_SCOPES)
     if unknown:
         raise ValueError(f"unknown scopes: {sorted(unknown)}")
+    client_key = "flk_" + crypto.new_secret(12)
+    client_secret = crypto.new_secret(32)
     row = conn.execute(
-        "INSERT INTO api_clients (name, scopes, callback_url, callback_secret)"
-        " VALUES (%s, %s, %s, %s) RETURNING *",
-        (name, scopes, callback_url, crypto.new_webhook_secret()),
+        "INSERT INTO api_clients (name, scopes, callback_url, callback_secret, client_key,"
+        " secret_hash, rate_limit) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING *",
+        (
+            name,
+            scopes,
+            callback_url,
+            crypto.new_webhook_secret(),
+            client_key,
+            crypto.sha256(client_secret),
+            rate_limit,
+        ),
     ).fetchone()
     assert row is not None
+    return {**row, "client_secret": client_secret}  # the secret is shown once, never stored
+
+
+def client_by_credentials(
+    conn: psycopg.Connection, client_key: str, client_secret: str
+) -> dict[str, Any]:
+    """The active client with this key and secret, or FaceLibError(1005)."""
+    row = conn.execute(
+        "SELECT * FROM api_clients WHERE client_key = %s AND status = 'active'", (client_key,)
+    ).fetchone()
+    presented = crypto.sha256(client_secret)
+    stored = bytes(row["secret_hash"]) if row and row["secret_hash"] else b"\0" * 32
+    if not hmac.compare_digest(presented, stored) or row is None:
+        raise FaceLibError(E.CLIENT_CREDENTIALS_INVALID)
     return row
+
+
+def rotate_callback_secret(conn: psycopg.Connection, client_id: int) -> str:
+    """New signing secret; the previous one keeps signing too until the next rotation."""
+    secret = crypto.new_webhook_secret()
+    conn.execute(
+        "UPDATE api_clients SET callback_secret_previous = callback_secret,"
+        " callback_secret = %s, updated_at = now() WHERE id = %s",
+        (secret, client_id),
+    )
+    return secret
 
 
 def get_client_by_name(conn: psycopg.Connection, name: str) -> dict[str, Any] | None:

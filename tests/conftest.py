@@ -9,6 +9,7 @@ dropped at the end). The worker and the API (gunicorn) run as separate processes
 from __future__ import annotations
 
 import base64
+import itertools
 import os
 import secrets
 import signal
@@ -16,7 +17,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +54,21 @@ def small_jpeg_b64(name: str, max_side: int = 800) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+# Personal data and secrets the tests send; the log scan checks none of them reaches a log.
+SENSITIVE: set[str] = set()
+_id_seq = itertools.count(1)
+
+
+def new_id_num() -> str:
+    """A fresh valid ID number (GB 11643), remembered for the log scan."""
+    from shared.idnum import make_id_num
+
+    n = next(_id_seq)
+    id_num = make_id_num("610102", date(1980 + n % 30, 1 + n % 12, 1 + n % 28), n)
+    SENSITIVE.add(id_num)
+    return id_num
+
+
 @dataclass
 class Stack:
     api_url: str
@@ -70,8 +88,15 @@ class Stack:
 
         name = name or f"client-{secrets.token_hex(4)}"
         with transaction() as conn:
-            c = repo.create_client(conn, name, scopes=scopes, callback_url=kw.get("callback_url"))
+            c = repo.create_client(
+                conn,
+                name,
+                scopes=scopes,
+                callback_url=kw.get("callback_url"),
+                rate_limit=kw.get("rate_limit"),
+            )
             t = repo.issue_token(conn, c["id"], kw.get("ttl", 3600))
+        SENSITIVE.update({t["token"], c["client_secret"], c["callback_secret"]})
         return {**c, "token": t["token"]}
 
     def post(self, path: str, token: str | None, body: Any, **kw: Any) -> requests.Response:
@@ -85,6 +110,39 @@ class Stack:
         if token is not None:
             headers.setdefault("Authorization", token)
         return requests.get(f"{self.api_url}{path}", headers=headers, timeout=60, **kw)
+
+    @contextmanager
+    def extra_api(self, **env_overrides: str) -> Iterator[str]:
+        """A second API process with other settings (same database and broker); yields its URL."""
+        from shared.cli import api_command
+        from shared.embedded import free_port
+
+        port = free_port()
+        env = {**self.env, **env_overrides, "FACELIB_PORT": str(port)}
+        log = open(self.log_dir / f"api-extra-{port}.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen(
+            api_command(port, workers=1, threads=4),
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    requests.get(f"{url}/health/live", timeout=2)
+                    break
+                except requests.RequestException:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise RuntimeError("extra API did not start") from None
+                    time.sleep(0.2)
+            yield url
+        finally:
+            _stop(proc)
+            log.close()
 
     def start_worker(self, concurrency: int = 2, beat: bool = True) -> subprocess.Popen:
         from shared.cli import worker_command
@@ -175,7 +233,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "FACELIB_JOB_TIME_LIMIT_SECONDS": "60",
         "FACELIB_HOME": str(base / "home"),
         "PYTHONUNBUFFERED": "1",
+        "PROMETHEUS_MULTIPROC_DIR": str(base / "prometheus"),
     }
+    (base / "prometheus").mkdir()
     os.environ.update(
         {k: v for k, v in env.items() if k.startswith(("FACELIB_", "DATABASE_", "REDIS_"))}
     )

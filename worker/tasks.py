@@ -24,6 +24,7 @@ from shared.callbacks import post_callback
 from shared.db import transaction
 from shared.errors import E, FaceLibError
 from shared.jobs import send_job
+from shared.logs import request_id_var, task_id_var
 from shared.queue import (
     TASK_DELIVER_CALLBACK,
     TASK_RECOGNIZE,
@@ -109,6 +110,7 @@ def _register(conn: psycopg.Connection, job: dict, inputs: dict, analysis: Analy
 
 
 def run_job(task: Any, job_id: str, kind: str) -> None:
+    task_id_var.set(job_id)
     s = get_settings()
     started = time.monotonic()
     try:
@@ -116,6 +118,7 @@ def run_job(task: Any, job_id: str, kind: str) -> None:
             job = repo.start_job(conn, job_id, s.job_time_limit_seconds + 60)
             if job is None:
                 return  # already finished: a redelivered message
+            request_id_var.set((job["request_meta"] or {}).get("requestId"))
             inputs = repo.load_job_input(conn, job_id)
             exhausted = job["attempts"] > job["max_attempts"] or inputs is None
             if exhausted:

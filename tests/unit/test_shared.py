@@ -40,7 +40,9 @@ def test_id_num_encryption_round_trip_and_binding() -> None:
     assert crypto.decrypt(key, blob, aad=b"job-1") == "11010519491231002X"
     with pytest.raises(Exception):  # noqa: B017 - any authentication failure
         crypto.decrypt(key, blob, aad=b"job-2")
-    assert crypto.blind_index(key, "x") == crypto.blind_index(key, "x") != crypto.blind_index(key, "y")
+    assert (
+        crypto.blind_index(key, "x") == crypto.blind_index(key, "x") != crypto.blind_index(key, "y")
+    )
     assert crypto.mask_id_num("610102199001010019") == "610************019"
 
 

@@ -1,0 +1,137 @@
+"""Prometheus metrics at /metrics.
+
+- API requests by route and errcode, with latency histograms (prometheus_client; under gunicorn
+  set PROMETHEUS_MULTIPROC_DIR so all worker processes are aggregated — `facelib up` and the
+  tests do).
+- Jobs by kind and outcome with stage durations, queue depth and callback outcomes are read at
+  scrape time from Postgres and Redis, so they cover every worker on every host.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from flask import Blueprint, Flask, Response, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from shared.db import transaction
+from shared.queue import QUEUE_CALLBACKS, QUEUE_FACES, get_redis
+
+REQUESTS = Counter(
+    "facelib_http_requests_total", "API requests", ["method", "route", "errcode", "status"]
+)
+LATENCY = Histogram(
+    "facelib_http_request_duration_seconds",
+    "API request latency",
+    ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+STAGE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+bp = Blueprint("metrics", __name__)
+
+
+class DatabaseCollector:
+    """Job, queue and callback series computed from the source of truth at scrape time."""
+
+    def collect(self):  # noqa: ANN201 - prometheus_client's collector protocol
+        jobs = CounterMetricFamily(
+            "facelib_jobs", "Finished jobs by kind and outcome errcode", labels=["kind", "errcode"]
+        )
+        running = GaugeMetricFamily("facelib_jobs_open", "Jobs not finished", labels=["status"])
+        stages = {}
+        callbacks = CounterMetricFamily(
+            "facelib_callback_attempts", "Callback attempts by outcome", labels=["outcome"]
+        )
+        deliveries = GaugeMetricFamily(
+            "facelib_callback_deliveries", "Callback deliveries by status", labels=["status"]
+        )
+        with transaction() as conn:
+            for r in conn.execute(
+                "SELECT kind, errcode, count(*) AS n FROM jobs WHERE status IN ('done', 'failed')"
+                " GROUP BY kind, errcode"
+            ):
+                jobs.add_metric([r["kind"], str(r["errcode"])], r["n"])
+            for r in conn.execute(
+                "SELECT status, count(*) AS n FROM jobs WHERE status IN ('queued', 'running')"
+                " GROUP BY status"
+            ):
+                running.add_metric([r["status"]], r["n"])
+            bucket_sql = ", ".join(
+                f"count(*) FILTER (WHERE v <= {b}) AS b{i}" for i, b in enumerate(STAGE_BUCKETS)
+            )
+            for stage in ("queue_wait", "decode", "detect", "landmarks", "embed", "db", "total"):
+                r = conn.execute(
+                    f"SELECT count(*) AS n, coalesce(sum(v), 0) AS s, {bucket_sql} FROM ("  # noqa: S608 - fixed names
+                    f" SELECT (timings->>'{stage}')::float8 AS v FROM jobs"
+                    f" WHERE timings ? '{stage}') t"
+                ).fetchone()
+                fam = HistogramMetricFamily(
+                    f"facelib_job_{stage}_seconds", f"Job stage duration: {stage}"
+                )
+                fam.add_metric(
+                    [],
+                    [(str(b), r[f"b{i}"]) for i, b in enumerate(STAGE_BUCKETS)]
+                    + [("+Inf", r["n"])],
+                    sum_value=r["s"],
+                )
+                stages[stage] = fam
+            for r in conn.execute(
+                "SELECT CASE WHEN error IS NULL THEN 'delivered' ELSE 'failed' END AS o,"
+                " count(*) AS n FROM callback_attempts GROUP BY 1"
+            ):
+                callbacks.add_metric([r["o"]], r["n"])
+            for r in conn.execute(
+                "SELECT status, count(*) AS n FROM callback_deliveries GROUP BY status"
+            ):
+                deliveries.add_metric([r["status"]], r["n"])
+        depth = GaugeMetricFamily("facelib_queue_depth", "Messages waiting", labels=["queue"])
+        for queue in (QUEUE_FACES, QUEUE_CALLBACKS):
+            depth.add_metric([queue], get_redis().llen(queue))
+        yield jobs
+        yield running
+        yield from stages.values()
+        yield callbacks
+        yield deliveries
+        yield depth
+
+
+def _registry() -> CollectorRegistry:
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry.register(REQUESTS)
+        registry.register(LATENCY)
+    registry.register(DatabaseCollector())
+    return registry
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    return Response(generate_latest(_registry()), mimetype=CONTENT_TYPE_LATEST)
+
+
+def init_app(app: Flask) -> None:
+    @app.before_request
+    def _start() -> None:
+        g.metrics_started = time.monotonic()
+
+    @app.after_request
+    def _observe(resp: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        errcode = resp.headers.get("X-Errcode", "")
+        REQUESTS.labels(request.method, route, errcode, str(resp.status_code)).inc()
+        LATENCY.labels(request.method, route).observe(
+            time.monotonic() - g.get("metrics_started", time.monotonic())
+        )
+        return resp

@@ -1,0 +1,176 @@
+"""Tokens, scopes, client isolation, rate limits, back-pressure, audit, metrics, OpenAPI."""
+
+from __future__ import annotations
+
+import time
+
+import requests
+
+from tests.conftest import Stack, face_b64, new_id_num
+
+REG = "/tech/ai/face/faceLib/person/reg"
+RECONG = "/tech/ai/face/faceLib/person/recong"
+TOKEN = "/tech/ai/core/token"
+
+
+def _recong(image: str, **extra: object) -> dict:
+    return {"faceImage": {"data": image}, **extra}
+
+
+def test_token_issue_use_expire_refuse(stack: Stack) -> None:
+    c = stack.client(scopes=["face:recognize"])
+    r = stack.post(TOKEN, None, {"clientKey": c["client_key"], "clientSecret": c["client_secret"]})
+    env = r.json()
+    assert env["errcode"] == 0, env
+    token = env["data"]["token"]
+    assert token.startswith("flt_") and env["data"]["expiresIn"] > 0
+    assert env["data"]["tokenType"] == "Bearer"
+    body = _recong("!!!")  # invalid base64: proves we got past authentication
+    assert stack.post(RECONG, token, body).json()["errcode"] == 3002
+    assert stack.post(RECONG, f"Bearer {token}", body).json()["errcode"] == 3002
+    with stack.db() as conn:
+        row = conn.execute(
+            "SELECT last_used_at FROM api_tokens WHERE token_prefix = %s", (token[:8],)
+        ).fetchone()
+        assert row["last_used_at"] is not None
+        conn.execute(
+            "UPDATE api_tokens SET expires_at = now() - interval '1 second'"
+            " WHERE token_prefix = %s",
+            (token[:8],),
+        )
+    assert stack.post(RECONG, token, body).json()["errcode"] == 1003
+    bad = stack.post(TOKEN, None, {"clientKey": c["client_key"], "clientSecret": "wrong"})
+    assert (bad.status_code, bad.json()["errcode"]) == (401, 1005)
+    missing = stack.post(TOKEN, None, {"clientKey": c["client_key"]})
+    assert missing.json()["errcode"] == 2001 and missing.json()["data"]["field"] == "clientSecret"
+
+
+def test_revocation_takes_effect_at_once(stack: Stack) -> None:
+    from shared import repo
+    from shared.db import transaction
+
+    c = stack.client()
+    body = _recong("!!!")
+    assert stack.post(RECONG, c["token"], body).json()["errcode"] == 3002
+    with transaction() as conn:
+        assert repo.revoke_token(conn, c["token"])
+    assert stack.post(RECONG, c["token"], body).json()["errcode"] == 1002
+
+
+def test_each_route_requires_its_scope(stack: Stack) -> None:
+    recognise_only = stack.client(scopes=["face:recognize"])
+    r = stack.post(REG, recognise_only["token"], {"idNum": new_id_num()})
+    assert (r.status_code, r.json()["errcode"]) == (403, 1004)
+    register_only = stack.client(scopes=["face:register"])
+    r = stack.post(RECONG, register_only["token"], _recong("!!!"))
+    assert (r.status_code, r.json()["errcode"]) == (403, 1004)
+    admin = stack.client(scopes=["admin"])
+    assert stack.post(RECONG, admin["token"], _recong("!!!")).json()["errcode"] == 3002
+
+
+def test_clients_see_only_their_own_tasks_and_callbacks(stack: Stack) -> None:
+    a, b = stack.client(), stack.client()
+    body = _recong(face_b64("obama_2.jpg"), callbackUrl="http://127.0.0.1:9/none")
+    body["async"] = True
+    task = stack.post(RECONG, a["token"], body).json()["data"]["taskId"]
+    assert stack.get(f"/tech/ai/face/faceLib/task/{task}", a["token"]).json()["errcode"] == 0
+    assert stack.get(f"/tech/ai/face/faceLib/task/{task}", b["token"]).json()["errcode"] == 6001
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        items = stack.get("/tech/ai/face/faceLib/callbacks", a["token"]).json()["data"]["items"]
+        if items:
+            break
+        time.sleep(0.2)
+    assert task in {i["taskId"] for i in items}
+    others = stack.get("/tech/ai/face/faceLib/callbacks", b["token"]).json()["data"]["items"]
+    assert task not in {i["taskId"] for i in others}
+
+
+def test_rate_limit_answers_its_errcode_with_retry_after(stack: Stack) -> None:
+    c = stack.client(rate_limit="3/minute")
+    codes = [stack.post(RECONG, c["token"], _recong("!!!")) for _ in range(4)]
+    assert [r.json()["errcode"] for r in codes[:3]] == [3002, 3002, 3002]
+    limited = codes[3]
+    assert (limited.status_code, limited.json()["errcode"]) == (429, 7001)
+    assert int(limited.headers["Retry-After"]) > 0
+    other = stack.client(rate_limit="3/minute")  # the limit is per client, not per IP
+    assert stack.post(RECONG, other["token"], _recong("!!!")).json()["errcode"] == 3002
+
+
+def test_full_queue_refuses_async_submissions(stack: Stack) -> None:
+    c = stack.client()
+    body = _recong(face_b64("obama_2.jpg"))
+    body["async"] = True
+    with stack.extra_api(FACELIB_QUEUE_MAX_DEPTH="-1") as url:
+        r = requests.post(
+            f"{url}{RECONG}", json=body, headers={"Authorization": c["token"]}, timeout=30
+        )
+    assert (r.status_code, r.json()["errcode"]) == (503, 7002)
+
+
+def test_audit_has_one_row_per_request_without_raw_pii(stack: Stack) -> None:
+    c = stack.client()
+    id_num = new_id_num()
+    body = {
+        "idNum": id_num,
+        "name": "审计测试",
+        "personType": "normal",
+        "faceImage": {"data": face_b64("obama_2.jpg")},
+    }
+    r1 = stack.post(REG, c["token"], body, headers={"X-Request-Id": "audit-req-1"})
+    r2 = stack.post(RECONG, c["token"], _recong("!!!"), headers={"X-Request-Id": "audit-req-2"})
+    assert r1.json()["errcode"] == 0 and r2.json()["errcode"] == 3002
+    time.sleep(0.2)
+    with stack.db() as conn:
+        rows = conn.execute(
+            "SELECT * FROM audit_view WHERE request_id IN ('audit-req-1', 'audit-req-2')"
+            " ORDER BY id"
+        ).fetchall()
+        assert [(r["endpoint"], r["errcode"]) for r in rows] == [
+            (REG, 0),
+            (RECONG, 3002),
+        ]
+        assert rows[0]["client"] == c["name"] and str(rows[0]["task_id"]) == r1.headers["X-Task-Id"]
+        assert rows[0]["person_ref"].startswith("b:")
+        blob = " ".join(str(v) for r in rows for v in r.values())
+        assert id_num not in blob and "审计测试" not in blob
+        # append-only
+        import psycopg
+
+        try:
+            conn.execute("DELETE FROM audit_log WHERE request_id = 'audit-req-1'")
+            deleted = True
+        except psycopg.errors.RaiseException:
+            deleted = False
+        assert not deleted
+
+
+def test_metrics_expose_requests_jobs_queue_and_callbacks(stack: Stack) -> None:
+    c = stack.client()
+    stack.post(RECONG, c["token"], _recong(face_b64("obama_2.jpg")))
+    text = stack.get("/metrics", None).text
+    for series in (
+        "facelib_http_requests_total",
+        "facelib_http_request_duration_seconds_bucket",
+        "facelib_jobs_total",
+        "facelib_job_embed_seconds_bucket",
+        "facelib_job_queue_wait_seconds_count",
+        "facelib_queue_depth",
+        "facelib_callback_deliveries",
+    ):
+        assert series in text, series
+    assert 'route="/tech/ai/face/faceLib/person/recong"' in text
+
+
+def test_openapi_spec_lists_endpoints_and_every_errcode(stack: Stack) -> None:
+    from shared.errors import ERRCODES
+
+    spec = stack.get("/openapi.json", None).json()
+    assert spec["openapi"].startswith("3.")
+    assert "/tech/ai/face/faceLib/person/reg" in spec["paths"]
+    assert "/tech/ai/face/faceLib/person/recong" in spec["paths"]
+    reg_schema = spec["components"]["schemas"]["RegisterRequest"]
+    assert {"idNum", "name", "personType", "faceImage"} <= set(reg_schema["required"])
+    assert {e["errcode"] for e in spec["components"]["x-errcodes"]} == set(ERRCODES)
+    page = stack.get("/docs", None)
+    assert page.status_code == 200 and "4001" in page.text and "RegisterRequest" in page.text
