@@ -9,6 +9,6 @@ COPY api api
 COPY worker worker
 COPY shared shared
 COPY sql sql
-RUN uv sync --frozen --no-dev
+RUN uv sync --frozen --no-dev --extra s3
 EXPOSE 7007
 CMD ["gunicorn", "--worker-class", "gthread", "--workers", "4", "--threads", "8", "--bind", "0.0.0.0:7007", "api:create_app()"]

@@ -30,7 +30,19 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         RATELIMIT_SWALLOW_ERRORS=True,  # a Redis hiccup must not refuse requests
     )
 
-    from api import audit, envelope, health, metrics, openapi, persons, tasks, tokens
+    from api import (
+        audit,
+        envelope,
+        files,
+        health,
+        libraries,
+        manage,
+        metrics,
+        openapi,
+        persons,
+        tasks,
+        tokens,
+    )
     from api.extensions import limiter
 
     envelope.init_app(app)
@@ -39,8 +51,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     metrics.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(persons.bp)
+    app.register_blueprint(manage.bp)
+    app.register_blueprint(files.bp)
     app.register_blueprint(tasks.bp)
     app.register_blueprint(tokens.bp)
+    app.register_blueprint(libraries.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(openapi.bp)
     return app

@@ -14,13 +14,16 @@ from api.envelope import respond
 from api.schemas import (
     RecognizeSchema,
     RegisterSchema,
+    VerifySchema,
     decode_self_image,
     load,
+    person_types,
     validated_id_num,
 )
-from shared import crypto
+from shared import crypto, repo
 from shared.callbacks import callback_url_problem
 from shared.db import transaction
+from shared.image_sources import check_image_ref
 from shared.errors import ERRCODES, E, FaceLibError
 from shared.jobs import job_envelope, submit_job, wait_for_job
 from shared.queue import queue_depth
@@ -44,7 +47,11 @@ def _run(
     client = g.client
     image = params["faceImage"]
     origin = image["origin"]
-    raw = decode_self_image(image["data"], settings.max_base64_bytes) if origin == "self" else None
+    if origin == "self":
+        raw = decode_self_image(image["data"], settings.max_base64_bytes)
+    else:
+        raw = None
+        check_image_ref(origin, image["data"])  # syntax only: the worker fetches
     callback_url = params["callbackUrl"] or (client["callback_url"] if params["async_"] else None)
     if callback_url and params["callbackUrl"]:
         problem = callback_url_problem(callback_url, settings.callback_allow_private)
@@ -54,11 +61,11 @@ def _run(
     if params["async_"] and queue_depth() > settings.queue_max_depth:
         raise FaceLibError(E.BUSY, detail=f"more than {settings.queue_max_depth} jobs waiting")
     meta = {
+        **extra.get("meta", {}),
         "requestId": g.get("request_id"),
         "async": params["async_"],
         "origin": origin,
         "imageBytes": len(raw) if raw is not None else None,
-        **{k: v for k, v in extra.items() if k in ("threshold",)},
     }
     job, created = submit_job(
         kind=kind,
@@ -103,6 +110,8 @@ def register() -> Response:
         "customerID": params["customerID"],
     }
 
+    with transaction() as conn:
+        libraries = repo.library_ids(conn, params["libIds"] or ["default"])
     job_id = uuid.uuid4()
     job_fields = {
         "job_id": job_id,
@@ -110,7 +119,8 @@ def register() -> Response:
         # the worker needs the idNum; it waits encrypted, bound to this job, deleted at job end
         "id_num_encrypted": crypto.encrypt(settings.encryption_key, id_num, aad=job_id.bytes),
     }
-    return _run("register", params, body, {"job_fields": job_fields})
+    meta = {"libraryIds": libraries, "duplicatePolicy": settings.duplicate_policy}
+    return _run("register", params, body, {"job_fields": job_fields, "meta": meta})
 
 
 @bp.post("/recong")
@@ -119,7 +129,30 @@ def recognize() -> Response:
     """Recognise a face: the enrolled person it belongs to, and the score."""
     body = request.get_json(silent=True)
     params = load(RecognizeSchema(), body)
-    extra: dict[str, Any] = {}
-    if params["threshold"] is not None:
-        extra["threshold"] = params["threshold"]
-    return _run("recognize", params, body, extra)
+    client = g.client
+    meta: dict[str, Any] = {
+        "threshold": params["threshold"],
+        "personTypes": person_types(params["personType"]),
+        "matchMode": params["matchMode"],
+        "galleryTarget": params["galleryTarget"] or client.get("gallery_target"),
+    }
+    if params["libIds"]:
+        with transaction() as conn:
+            meta["libraryIds"] = repo.library_ids(conn, params["libIds"])
+    return _run("recognize", params, body, {"meta": meta})
+
+
+@bp.post("/verify")
+@require_scope("face:recognize")
+def verify() -> Response:
+    """1:1 verification: is this face the person with this idNum?"""
+    body = request.get_json(silent=True)
+    params = load(VerifySchema(), body)
+    id_num = validated_id_num(params["idNum"])
+    with transaction() as conn:
+        person = repo.find_person(conn, get_settings(), id_num)
+    if person is None:
+        raise FaceLibError(E.PERSON_NOT_FOUND, data={"isMatch": "false"})
+    g.audit_person_ref = f"p:{person['id']}"
+    meta = {"personId": person["id"], "threshold": params["threshold"]}
+    return _run("verify", params, body, {"meta": meta})

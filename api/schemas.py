@@ -43,15 +43,54 @@ class _JobRequestSchema(Schema):
     )
 
 
+LIB_ID = validate.Regexp(r"^[A-Za-z0-9_-]{1,64}$", error="letters, digits, - and _ (1-64)")
+_LIB_IDS = fields.List(
+    fields.String(validate=LIB_ID), load_default=None, validate=validate.Length(min=1, max=50)
+)
+_THRESHOLD = fields.Float(load_default=None, validate=validate.Range(min=0, max=100))
+
+
 class RegisterSchema(_JobRequestSchema):
     idNum = fields.String(required=True)
     name = fields.String(required=True, validate=validate.Length(min=1, max=100))
     personType = fields.String(required=True, validate=validate.OneOf(PERSON_TYPES))
     customerID = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
+    libIds = _LIB_IDS
 
 
 class RecognizeSchema(_JobRequestSchema):
-    threshold = fields.Float(load_default=None, validate=validate.Range(min=0, max=100))
+    threshold = _THRESHOLD
+    libIds = _LIB_IDS
+    personType = fields.Raw(load_default=None)  # "vip" or ["vip", "inner"]
+    matchMode = fields.String(load_default=None, validate=validate.OneOf(["gallery", "seed"]))
+    galleryTarget = fields.Float(load_default=None, validate=validate.Range(min=1e-9, max=0.5))
+
+
+class VerifySchema(_JobRequestSchema):
+    idNum = fields.String(required=True)
+    threshold = _THRESHOLD
+
+
+class LibrarySchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    libId = fields.String(required=True, validate=LIB_ID)
+    name = fields.String(load_default="", validate=validate.Length(max=200))
+
+
+def person_types(value: Any) -> list[str] | None:
+    """The recong personType filter: one type or a list of them."""
+    if value is None:
+        return None
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, list) or not values or any(v not in PERSON_TYPES for v in values):
+        raise FaceLibError(
+            E.PARAM_INVALID,
+            detail="personType: normal, vip, inner or a list of them",
+            data={"field": "personType"},
+        )
+    return list(dict.fromkeys(values))
 
 
 def _first_error(messages: Any, prefix: str = "") -> tuple[str, str]:

@@ -6,6 +6,7 @@ facelib migrate
 facelib client create NAME [--scopes a,b] [--callback-url URL]
 facelib token issue CLIENT_NAME [--ttl SECONDS]
 facelib token revoke TOKEN
+facelib bulk --client NAME (--csv FILE | --folder DIR) [--report FILE]
 """
 
 from __future__ import annotations
@@ -242,6 +243,32 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_bulk(args: argparse.Namespace) -> int:
+    from shared import bulk
+
+    try:
+        bulk.use_local_stack(home())
+        summary = bulk.enrol(
+            args.client,
+            csv_path=Path(args.csv) if args.csv else None,
+            folder=Path(args.folder) if args.folder else None,
+            synthetic_id_nums=args.synthetic_idnums,
+            person_type=args.person_type,
+            report=Path(args.report),
+            limit=args.limit,
+            lib_ids=[s for s in args.lib_ids.split(",") if s] if args.lib_ids else None,
+            in_flight=args.in_flight,
+            job_timeout=args.job_timeout,
+            progress=not args.no_progress,
+        )
+    except (ValueError, OSError) as exc:
+        print(f"bulk: {exc}", file=sys.stderr)
+        return 2
+    print(summary.line())
+    print(f"failures: {args.report} ({summary.failed} rows)")
+    return 0 if summary.failed == 0 else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="facelib", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -270,6 +297,26 @@ def main(argv: list[str] | None = None) -> int:
     revoke = token.add_parser("revoke")
     revoke.add_argument("token")
     revoke.set_defaults(func=cmd_token_revoke)
+    bulk = sub.add_parser(
+        "bulk", help="enrol persons from a CSV file or a folder, through the job queue"
+    )
+    bulk.add_argument("--client", required=True, help="the client the enrolments are made as")
+    source = bulk.add_mutually_exclusive_group(required=True)
+    source.add_argument("--csv", help="CSV: idNum,name,personType,customerID,image")
+    source.add_argument("--folder", help="a folder: one photo or sub-folder per person")
+    bulk.add_argument(
+        "--synthetic-idnums",
+        action="store_true",
+        help="folder: make up valid idNums from the names (demonstrations only)",
+    )
+    bulk.add_argument("--person-type", default="normal", help="folder: personType of every row")
+    bulk.add_argument("--lib-ids", help="comma-separated libraries to enrol into (default)")
+    bulk.add_argument("--report", default="bulk-failures.csv", help="CSV of the rows not enrolled")
+    bulk.add_argument("--in-flight", type=int, default=32, help="rows submitted at once")
+    bulk.add_argument("--job-timeout", type=float, default=900.0, help="seconds to wait per row")
+    bulk.add_argument("--limit", type=int, help="only the first N rows")
+    bulk.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bulk.set_defaults(func=cmd_bulk)
     args = parser.parse_args(argv)
     if args.command != "up":
         ensure_keys(home())  # the dev keys, unless the environment provides them

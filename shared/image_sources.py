@@ -1,9 +1,54 @@
 """Where a job's image bytes come from: `self` (base64 sent in the request, stored with the
-job), `fds` (the file server) or `uri` (a URL fetched by the worker)."""
+job), `fds` (the file server, shared/filestore.py) or `uri` (a URL fetched by the worker under
+the policy of shared/safe_fetch.py).
+
+`check_image_ref` is the API's cheap check at submission (no I/O: the form of an fds path or of
+a URL); `load_image` runs in the worker and does the real work (file lookup for this client,
+the fetch), so a file deleted or purged after submission, or a host whose DNS changed, is
+judged when the image is actually read.
+"""
 
 from __future__ import annotations
 
+import io
+import warnings
+
 from shared.errors import E, FaceLibError
+
+_FIELD = {"field": "faceImage.data"}
+
+
+def check_image_ref(origin: str, data: str) -> None:
+    """Refuse at submission what can never work: a malformed fds path (2002) or a URL whose
+    form the fetch policy refuses (3007). No DNS, no database, no file access."""
+    if origin == "fds":
+        from shared.filestore import checked_path
+
+        checked_path(data, "faceImage.data")
+    elif origin == "uri":
+        from shared.safe_fetch import check_url_syntax
+
+        problem = check_url_syntax(data)
+        if problem:
+            raise FaceLibError(E.IMAGE_URL_REFUSED, detail=problem, data=dict(_FIELD))
+
+
+def _check_image_header(data: bytes) -> None:
+    """A fetched body must at least open as an image (the engine decodes it fully later)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from shared.filestore import ALLOWED_FORMATS, DECODE_ERRORS
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS).close()
+    except Image.DecompressionBombError as exc:
+        raise FaceLibError(E.IMAGE_TOO_MANY_PIXELS, detail="over the decoder's limit") from exc
+    except (UnidentifiedImageError, *DECODE_ERRORS) as exc:
+        raise FaceLibError(
+            E.IMAGE_UNDECODABLE, detail="the URL did not return a JPEG, PNG, BMP or WebP image"
+        ) from exc
 
 
 def load_image(origin: str, data: bytes | None, ref: str | None, *, client_id: int) -> bytes:
@@ -11,4 +56,16 @@ def load_image(origin: str, data: bytes | None, ref: str | None, *, client_id: i
         if data is None:
             raise FaceLibError(E.INTERNAL, detail="job has no image")
         return bytes(data)
-    raise FaceLibError(E.IMAGE_ORIGIN_UNSUPPORTED, detail=f"origin {origin!r} is not supported yet")
+    if origin == "fds":
+        from shared.filestore import checked_path, read_file
+
+        _, raw = read_file(client_id, checked_path(ref or "", "faceImage.data"))
+        return raw
+    if origin == "uri":
+        from shared.safe_fetch import FetchPolicy, fetch
+        from shared.settings import get_settings
+
+        result = fetch(ref or "", FetchPolicy.from_settings(get_settings()))
+        _check_image_header(result.data)
+        return result.data
+    raise FaceLibError(E.IMAGE_ORIGIN_UNSUPPORTED, detail=f"origin {origin!r} is not supported")

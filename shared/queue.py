@@ -17,13 +17,15 @@ from shared.settings import get_settings
 
 TASK_REGISTER = "faces.register"
 TASK_RECOGNIZE = "faces.recognize"
+TASK_VERIFY = "faces.verify"
 TASK_DELIVER_CALLBACK = "callbacks.deliver"
 TASK_SWEEP = "jobs.sweep"
+TASK_PURGE_FILES = "files.purge"
 
 QUEUE_FACES = "faces"
 QUEUE_CALLBACKS = "callbacks"
 
-TASK_FOR_KIND = {"register": TASK_REGISTER, "recognize": TASK_RECOGNIZE}
+TASK_FOR_KIND = {"register": TASK_REGISTER, "recognize": TASK_RECOGNIZE, "verify": TASK_VERIFY}
 
 
 def make_celery() -> Celery:
@@ -48,12 +50,15 @@ def make_celery() -> Celery:
         task_routes={
             TASK_REGISTER: {"queue": QUEUE_FACES},
             TASK_RECOGNIZE: {"queue": QUEUE_FACES},
+            TASK_VERIFY: {"queue": QUEUE_FACES},
             TASK_DELIVER_CALLBACK: {"queue": QUEUE_CALLBACKS},
             TASK_SWEEP: {"queue": QUEUE_CALLBACKS},
+            TASK_PURGE_FILES: {"queue": QUEUE_CALLBACKS},
         },
         task_default_queue=QUEUE_FACES,
         beat_schedule={
             "sweep": {"task": TASK_SWEEP, "schedule": settings.sweep_interval_seconds},
+            "purge-files": {"task": TASK_PURGE_FILES, "schedule": 3600.0},
         },
         worker_hijack_root_logger=False,
         worker_send_task_events=True,

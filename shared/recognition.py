@@ -18,32 +18,87 @@ PERSON_REF = "_personId"
 CANDIDATES = 20
 
 
+def match_decision(
+    score: float, gallery_faces: int, meta: dict[str, Any], settings: Settings
+) -> tuple[bool, float]:
+    """isMatch and the gallery false-match rate, by the request's or the service's rule.
+
+    - a request `threshold` decides alone: score >= threshold (as Baidu's match_threshold);
+    - `seed` mode: score >= FACELIB_MATCH_THRESHOLD (70: 1/1,000 per comparison);
+    - `gallery` mode (default): also that the chance a stranger scores this high against
+      `gallery_faces` faces, 1 - (1 - FAR(score))^N, is at most the target (1% by default).
+    """
+    fmr = gallery_false_match_rate(score, gallery_faces)
+    if meta.get("threshold") is not None:
+        return score >= float(meta["threshold"]), fmr
+    if score < settings.match_threshold:
+        return False, fmr
+    if (meta.get("matchMode") or settings.match_mode) == "seed":
+        return True, fmr
+    target = float(meta.get("galleryTarget") or settings.gallery_target)
+    return fmr <= target, fmr
+
+
 def recognition_result(
     conn: psycopg.Connection, settings: Settings, embedding: np.ndarray, job: dict[str, Any]
 ) -> dict[str, Any]:
-    gallery_faces = repo.count_faces(conn)
+    meta = job["request_meta"] or {}
+    filters = {"library_ids": meta.get("libraryIds"), "person_types": meta.get("personTypes")}
+    gallery_faces = repo.count_gallery(conn, **filters)
     if gallery_faces == 0:
         raise FaceLibError(E.LIBRARY_EMPTY)
+    filtered = bool(filters["library_ids"] or filters["person_types"])
     rows = repo.nearest_faces(
-        conn, embedding, limit=CANDIDATES, ef_search=max(settings.hnsw_ef_search, CANDIDATES)
+        conn,
+        embedding,
+        limit=CANDIDATES,
+        ef_search=max(settings.hnsw_ef_search, CANDIDATES),
+        exact=filtered and gallery_faces <= settings.exact_search_max,
+        **filters,
     )
     if not rows:
         raise FaceLibError(E.LIBRARY_EMPTY)
     best = rows[0]  # ordered by distance: the first row is the best face of the best person
     score = score_from_distance(float(best["distance"]))
-    threshold = float(job["request_meta"].get("threshold") or settings.match_threshold)
-    is_match = score >= threshold
+    is_match, fmr = match_decision(score, gallery_faces, meta, settings)
     data: dict[str, Any] = {
         "isMatch": "true" if is_match else "false",
         "score": format_score(score),
         "galleryFaces": gallery_faces,
-        "falseMatchRate": f"{gallery_false_match_rate(score, gallery_faces):.6g}",
+        "falseMatchRate": f"{fmr:.3g}",
     }
     if is_match:
         # stored as a reference: the person's details are filled in when the result is read
         # (render_result), so job rows and callback rows hold no idNum or name
         data[PERSON_REF] = best["person_id"]
     return data
+
+
+def verification_result(
+    conn: psycopg.Connection, settings: Settings, embedding: np.ndarray, job: dict[str, Any]
+) -> dict[str, Any]:
+    """1:1: the probe against one person's own faces; the score keeps its per-comparison FAR."""
+    meta = job["request_meta"] or {}
+    distance = repo.person_distance(conn, int(meta["personId"]), embedding)
+    if distance is None:
+        raise FaceLibError(E.PERSON_NOT_FOUND)
+    score = score_from_distance(distance)
+    threshold = meta.get("threshold")
+    threshold = settings.match_threshold if threshold is None else float(threshold)
+    return {"isMatch": "true" if score >= threshold else "false", "score": format_score(score)}
+
+
+def duplicate_of(
+    conn: psycopg.Connection, settings: Settings, embedding: np.ndarray, person_id: int
+) -> float | None:
+    """Score of the closest face of *another* person, if it reaches the duplicate threshold."""
+    rows = repo.nearest_faces(
+        conn, embedding, limit=1, ef_search=settings.hnsw_ef_search, exclude_person=person_id
+    )
+    if not rows:
+        return None
+    score = score_from_distance(float(rows[0]["distance"]))
+    return score if score >= settings.duplicate_score else None
 
 
 def render_result(conn: psycopg.Connection, settings: Settings, result: dict) -> dict:

@@ -385,17 +385,142 @@ def add_face(
     return cur.rowcount == 1
 
 
+def _filter_sql(
+    library_ids: list[int] | None, person_types: list[str] | None, exclude_person: int | None
+) -> tuple[str, list[Any]]:
+    clauses, params = [], []
+    if library_ids:
+        clauses.append(
+            "EXISTS (SELECT 1 FROM person_libraries pl WHERE pl.person_id = faces.person_id"
+            " AND pl.library_id = ANY(%s))"
+        )
+        params.append(library_ids)
+    if person_types:
+        clauses.append(
+            "EXISTS (SELECT 1 FROM persons p WHERE p.id = faces.person_id"
+            " AND p.person_type = ANY(%s))"
+        )
+        params.append(person_types)
+    if exclude_person is not None:
+        clauses.append("faces.person_id <> %s")
+        params.append(exclude_person)
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
 def nearest_faces(
-    conn: psycopg.Connection, embedding: np.ndarray, *, limit: int, ef_search: int
+    conn: psycopg.Connection,
+    embedding: np.ndarray,
+    *,
+    limit: int,
+    ef_search: int,
+    library_ids: list[int] | None = None,
+    person_types: list[str] | None = None,
+    exclude_person: int | None = None,
+    exact: bool = False,
 ) -> list[dict[str, Any]]:
-    """The `limit` nearest faces by cosine distance, through the HNSW index."""
+    """The `limit` nearest faces by cosine distance, within the filters.
+
+    Unfiltered: the HNSW index. Filtered: pgvector 0.8's iterative index scan (strict order)
+    keeps walking the graph until `limit` rows pass the filter, so a filter keeping 1% of faces
+    still returns nearest ones within it rather than the few in the first candidate list. HNSW
+    is approximate, so callers ask for `exact` when the filtered gallery is small enough
+    (FACELIB_EXACT_SEARCH_MAX faces) for a sequential scan to be cheap: then the answer is the
+    true nearest within the filter, guaranteed.
+    """
+    where, params = _filter_sql(library_ids, person_types, exclude_person)
     conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(ef_search),))
+    if where:
+        conn.execute("SELECT set_config('hnsw.iterative_scan', 'strict_order', true)")
+        conn.execute("SELECT set_config('hnsw.max_scan_tuples', '1000000', true)")
+    if exact:
+        # a small filtered gallery: an exact scan is cheap and guarantees the true nearest
+        conn.execute("SELECT set_config('enable_indexscan', 'off', true)")
     vec = np.asarray(embedding, dtype=np.float32)
-    return conn.execute(
-        "SELECT id AS face_id, person_id, embedding <=> %s AS distance FROM faces"
-        " ORDER BY embedding <=> %s LIMIT %s",
-        (vec, vec, limit),
+    try:
+        return conn.execute(
+            "SELECT id AS face_id, person_id, embedding <=> %s AS distance FROM faces"  # noqa: S608
+            + where
+            + " ORDER BY embedding <=> %s LIMIT %s",
+            (vec, *params, vec, limit),
+        ).fetchall()
+    finally:
+        if exact:
+            conn.execute("SELECT set_config('enable_indexscan', 'on', true)")
+
+
+def count_gallery(
+    conn: psycopg.Connection,
+    library_ids: list[int] | None = None,
+    person_types: list[str] | None = None,
+) -> int:
+    """How many faces a search with these filters compares the probe with."""
+    where, params = _filter_sql(library_ids, person_types, None)
+    row = conn.execute("SELECT count(*) AS n FROM faces" + where, params).fetchone()  # noqa: S608
+    assert row is not None
+    return int(row["n"])
+
+
+def person_distance(
+    conn: psycopg.Connection, person_id: int, embedding: np.ndarray
+) -> float | None:
+    """Smallest cosine distance between a probe and one person's faces (exact; few rows)."""
+    row = conn.execute(
+        "SELECT min(embedding <=> %s) AS d FROM faces WHERE person_id = %s",
+        (np.asarray(embedding, dtype=np.float32), person_id),
+    ).fetchone()
+    return None if row is None or row["d"] is None else float(row["d"])
+
+
+# --- libraries ---------------------------------------------------------------------------------
+
+
+def library_ids(conn: psycopg.Connection, lib_ids: list[str]) -> list[int]:
+    """Internal ids of the named libraries; PARAM_INVALID naming the first unknown one."""
+    rows = conn.execute(
+        "SELECT id, lib_id FROM libraries WHERE lib_id = ANY(%s)", (lib_ids,)
     ).fetchall()
+    known = {r["lib_id"]: r["id"] for r in rows}
+    for lib in lib_ids:
+        if lib not in known:
+            raise FaceLibError(
+                E.PARAM_INVALID, detail=f"libIds: unknown library {lib!r}", data={"field": "libIds"}
+            )
+    return [known[lib] for lib in lib_ids]
+
+
+def add_to_libraries(conn: psycopg.Connection, person_id: int, ids: list[int]) -> None:
+    conn.execute(
+        "INSERT INTO person_libraries (person_id, library_id) SELECT %s, unnest(%s::bigint[])"
+        " ON CONFLICT DO NOTHING",
+        (person_id, ids),
+    )
+
+
+def create_library(conn: psycopg.Connection, lib_id: str, name: str, client_id: int) -> dict:
+    row = conn.execute(
+        "INSERT INTO libraries (lib_id, name, created_by) VALUES (%s, %s, %s)"
+        " ON CONFLICT (lib_id) DO NOTHING RETURNING *",
+        (lib_id, name, client_id),
+    ).fetchone()
+    if row is None:
+        raise FaceLibError(
+            E.PARAM_INVALID, detail=f"libId {lib_id!r} exists", data={"field": "libId"}
+        )
+    return row
+
+
+def list_libraries(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    return conn.execute(
+        "SELECT l.lib_id, l.name, l.created_at, count(pl.person_id) AS persons FROM libraries l"
+        " LEFT JOIN person_libraries pl ON pl.library_id = l.id GROUP BY l.id ORDER BY l.lib_id"
+    ).fetchall()
+
+
+def delete_library(conn: psycopg.Connection, lib_id: str) -> bool:
+    """Delete a library and its memberships (the persons stay, in their other libraries)."""
+    if lib_id == "default":
+        raise FaceLibError(E.PARAM_INVALID, detail="the default library cannot be deleted")
+    return conn.execute("DELETE FROM libraries WHERE lib_id = %s", (lib_id,)).rowcount == 1
 
 
 def get_person(conn: psycopg.Connection, person_id: int) -> dict[str, Any] | None:

@@ -8,7 +8,9 @@ setting that is missing stops the process at start with a message naming the var
 from __future__ import annotations
 
 import base64
+import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -49,6 +51,13 @@ def _bool(name: str, default: bool) -> bool:
     return raw.strip().lower() in ("1", "true", "yes", "on")
 
 
+def _choice(name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = (_env(name, default) or default).strip().lower()
+    if value not in allowed:
+        raise SettingsError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
 def _key(name: str) -> bytes:
     raw = _env(name)
     if raw is None:
@@ -84,6 +93,10 @@ class Settings:
     job_time_limit_seconds: int = 120
     faces_per_person: int = 10
     match_threshold: float = 70.0
+    match_mode: str = "gallery"
+    gallery_target: float = 0.01
+    duplicate_policy: str = "refuse"
+    duplicate_score: float = 80.0
     max_base64_bytes: int = 400 * 1024
     max_request_bytes: int = 1024 * 1024
     max_image_pixels: int = 25_000_000
@@ -92,12 +105,30 @@ class Settings:
     backend_threads: int = 1
     num_jitters: int = 0
     hnsw_ef_search: int = 100
+    exact_search_max: int = 20_000
     callback_schedule: tuple[int, ...] = (5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
     callback_timeout_seconds: float = 10.0
     callback_allow_private: bool = False
     sweep_interval_seconds: float = 5.0
     queue_max_depth: int = 10_000
+    rate_limit: str = "50/second;1000/minute"
     log_level: str = "INFO"
+    # File server (origin fds): where uploads live and how they are "compressed".
+    files_dir: str = "./var/files"
+    file_store: str = "local"  # local | s3
+    s3_endpoint_url: str | None = None
+    s3_bucket: str = "facelib-files"
+    s3_region: str = "us-east-1"
+    s3_access_key: str | None = field(default=None, repr=False)
+    s3_secret_key: str | None = field(default=None, repr=False)
+    upload_max_bytes: int = 10 * 1024 * 1024
+    upload_max_side: int = 1280
+    upload_jpeg_quality: int = 90
+    file_retention_days: float = 30.0
+    # URL fetching (origin uri): hosts/CIDRs exempt from the address and port policy.
+    fetch_allowlist: tuple[str, ...] = ()
+    fetch_max_bytes: int = 10 * 1024 * 1024
+    fetch_timeout_seconds: float = 10.0
 
 
 def _schedule(raw: str) -> tuple[int, ...]:
@@ -108,6 +139,33 @@ def _schedule(raw: str) -> tuple[int, ...]:
     if not values:
         raise SettingsError("FACELIB_CALLBACK_SCHEDULE must list at least one delay")
     return values
+
+
+def _allowlist(raw: str) -> tuple[str, ...]:
+    """FACELIB_FETCH_ALLOWLIST: comma-separated host names, IP addresses or CIDRs."""
+    entries = []
+    for item in raw.split(","):
+        entry = item.strip().lower().rstrip(".")
+        if not entry:
+            continue
+        try:
+            ipaddress.ip_network(entry.strip("[]"), strict=False)
+        except ValueError:
+            if not re.fullmatch(
+                r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", entry
+            ):
+                raise SettingsError(
+                    f"FACELIB_FETCH_ALLOWLIST: {item.strip()!r} is not a host name, IP or CIDR"
+                ) from None
+        entries.append(entry)
+    return tuple(entries)
+
+
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = (_env(name, default) or default).strip().lower()
+    if value not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
 
 
 def load_settings() -> Settings:
@@ -137,6 +195,10 @@ def load_settings() -> Settings:
         job_time_limit_seconds=_int("FACELIB_JOB_TIME_LIMIT_SECONDS", 120),
         faces_per_person=_int("FACELIB_FACES_PER_PERSON", 10),
         match_threshold=_float("FACELIB_MATCH_THRESHOLD", 70.0),
+        match_mode=_choice("FACELIB_MATCH_MODE", "gallery", ("gallery", "seed")),
+        gallery_target=_float("FACELIB_GALLERY_TARGET", 0.01),
+        duplicate_policy=_choice("FACELIB_DUPLICATE_POLICY", "refuse", ("refuse", "warn", "allow")),
+        duplicate_score=_float("FACELIB_DUPLICATE_SCORE", 80.0),
         max_base64_bytes=_int("FACELIB_MAX_BASE64_BYTES", 400 * 1024),
         max_request_bytes=_int("FACELIB_MAX_REQUEST_BYTES", 1024 * 1024),
         max_image_pixels=_int("FACELIB_MAX_IMAGE_PIXELS", 25_000_000),
@@ -145,6 +207,7 @@ def load_settings() -> Settings:
         backend_threads=_int("FACELIB_BACKEND_THREADS", 1),
         num_jitters=_int("FACELIB_NUM_JITTERS", 0),
         hnsw_ef_search=_int("FACELIB_HNSW_EF_SEARCH", 100),
+        exact_search_max=_int("FACELIB_EXACT_SEARCH_MAX", 20_000),
         callback_schedule=_schedule(
             _env("FACELIB_CALLBACK_SCHEDULE", DEFAULT_CALLBACK_SCHEDULE) or ""
         ),
@@ -152,7 +215,23 @@ def load_settings() -> Settings:
         callback_allow_private=_bool("FACELIB_CALLBACK_ALLOW_PRIVATE", False),
         sweep_interval_seconds=_float("FACELIB_SWEEP_INTERVAL_SECONDS", 5.0),
         queue_max_depth=_int("FACELIB_QUEUE_MAX_DEPTH", 10_000),
+        rate_limit=_env("FACELIB_RATE_LIMIT", "50/second;1000/minute") or "50/second",
         log_level=_env("FACELIB_LOG_LEVEL", "INFO") or "INFO",
+        files_dir=_env("FACELIB_FILES_DIR")
+        or os.path.join(_env("FACELIB_HOME", "./var") or "./var", "files"),
+        file_store=_choice("FACELIB_FILE_STORE", "local", ("local", "s3")),
+        s3_endpoint_url=_env("FACELIB_S3_ENDPOINT_URL"),
+        s3_bucket=_env("FACELIB_S3_BUCKET", "facelib-files") or "facelib-files",
+        s3_region=_env("FACELIB_S3_REGION", "us-east-1") or "us-east-1",
+        s3_access_key=_env("FACELIB_S3_ACCESS_KEY"),
+        s3_secret_key=_env("FACELIB_S3_SECRET_KEY"),
+        upload_max_bytes=_int("FACELIB_UPLOAD_MAX_BYTES", 10 * 1024 * 1024),
+        upload_max_side=_int("FACELIB_UPLOAD_MAX_SIDE", 1280),
+        upload_jpeg_quality=_int("FACELIB_UPLOAD_JPEG_QUALITY", 90),
+        file_retention_days=_float("FACELIB_FILE_RETENTION_DAYS", 30.0),
+        fetch_allowlist=_allowlist(_env("FACELIB_FETCH_ALLOWLIST", "") or ""),
+        fetch_max_bytes=_int("FACELIB_FETCH_MAX_BYTES", 10 * 1024 * 1024),
+        fetch_timeout_seconds=_float("FACELIB_FETCH_TIMEOUT_SECONDS", 10.0),
     )
 
 

@@ -15,7 +15,7 @@ from shared.queue import make_celery
 from shared.settings import get_settings
 
 app = make_celery()
-app.conf.include = ["worker.tasks"]
+app.conf.include = ["worker.tasks", "worker.file_tasks"]
 
 log = logging.getLogger(__name__)
 

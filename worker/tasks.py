@@ -30,10 +30,16 @@ from shared.queue import (
     TASK_RECOGNIZE,
     TASK_REGISTER,
     TASK_SWEEP,
+    TASK_VERIFY,
     get_redis,
     job_channel,
 )
-from shared.recognition import recognition_result, render_result
+from shared.recognition import (
+    duplicate_of,
+    recognition_result,
+    render_result,
+    verification_result,
+)
 from shared.settings import get_settings
 from worker.celery_app import app
 from worker.engine import Analysis, EngineConfig, FaceEngine, get_engine
@@ -94,7 +100,17 @@ def _register(conn: psycopg.Connection, job: dict, inputs: dict, analysis: Analy
     )
     if repo.count_faces(conn, person["id"]) >= s.faces_per_person:
         raise FaceLibError(E.FACE_LIMIT_REACHED, detail=f"at most {s.faces_per_person}")
+    meta = job["request_meta"] or {}
+    repo.add_to_libraries(conn, person["id"], meta.get("libraryIds") or [])
     face = analysis.faces[0]
+    result = {"ok": "true"}
+    policy = meta.get("duplicatePolicy") or s.duplicate_policy
+    if policy != "allow":
+        duplicate = duplicate_of(conn, s, face.embedding, person["id"])
+        if duplicate is not None and policy == "refuse":
+            raise FaceLibError(E.DUPLICATE_IDENTITY, detail=f"score {duplicate:.1f}")
+        if duplicate is not None:
+            result["duplicateWarning"] = "true"
     repo.add_face(
         conn,
         person_id=person["id"],
@@ -106,7 +122,7 @@ def _register(conn: psycopg.Connection, job: dict, inputs: dict, analysis: Analy
         job_id=job["id"],
         image_sha256=hashlib.sha256(image).digest(),
     )
-    return {"ok": "true"}
+    return result
 
 
 def run_job(task: Any, job_id: str, kind: str) -> None:
@@ -143,6 +159,8 @@ def run_job(task: Any, job_id: str, kind: str) -> None:
         with transaction() as conn:
             if kind == "register":
                 result = _register(conn, job, inputs, analysis, image)
+            elif kind == "verify":
+                result = verification_result(conn, s, analysis.faces[0].embedding, job)
             else:
                 result = recognition_result(conn, s, analysis.faces[0].embedding, job)
             timings["db"] = time.monotonic() - t
@@ -200,6 +218,11 @@ def register_person(self: Any, job_id: str) -> None:
 @app.task(name=TASK_RECOGNIZE, bind=True)
 def recognize_face(self: Any, job_id: str) -> None:
     run_job(self, job_id, "recognize")
+
+
+@app.task(name=TASK_VERIFY, bind=True)
+def verify_face(self: Any, job_id: str) -> None:
+    run_job(self, job_id, "verify")
 
 
 @app.task(name=TASK_DELIVER_CALLBACK)

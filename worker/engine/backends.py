@@ -1,0 +1,84 @@
+"""Embedding backends: aligned 150x150 face chips in, raw 128-d descriptors out.
+
+The engine aligns faces itself (`dlib.get_face_chip(img, shape, size=150, padding=0.25)`, exactly
+what dlib's `compute_face_descriptor(img, shape)` does inside), so a backend only runs the
+network. `DlibBackend` is the reference; the ONNX port of the same network lives in
+`worker.engine.onnx_resnet` and is imported only when asked for.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Protocol, runtime_checkable
+
+import dlib
+import numpy as np
+
+from worker.engine.models import face_recognition_model_path
+
+MODEL_NAME = "dlib_face_recognition_resnet_model_v1"
+CHIP_SIZE = 150
+CHIP_PADDING = 0.25
+DESCRIPTOR_DIM = 128
+
+
+class BackendUnavailableError(RuntimeError):
+    """The configured embedding backend cannot be loaded in this process."""
+
+
+@runtime_checkable
+class EmbeddingBackend(Protocol):
+    name: str
+    version: str
+
+    def embed(self, chips: np.ndarray) -> np.ndarray:
+        """(N, 150, 150, 3) uint8 RGB chips -> (N, 128) float32 raw (not normalised) descriptors."""
+        ...
+
+
+class DlibBackend:
+    """dlib's ResNet (`dlib_face_recognition_resnet_model_v1`) through dlib's own CPU code."""
+
+    name = "dlib"
+    model = MODEL_NAME
+
+    def __init__(self, num_jitters: int = 0) -> None:
+        if num_jitters < 0:
+            raise ValueError("num_jitters must be >= 0")
+        self.num_jitters = num_jitters
+        self.version = f"dlib-{dlib.__version__}"
+        self._net = dlib.face_recognition_model_v1(face_recognition_model_path())
+        # The network object keeps per-call state: one call at a time per instance.
+        self._lock = threading.Lock()
+
+    def embed(self, chips: np.ndarray) -> np.ndarray:
+        chips = np.asarray(chips)
+        if chips.ndim != 4 or chips.shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3):
+            raise ValueError(f"chips must be (N, {CHIP_SIZE}, {CHIP_SIZE}, 3), got {chips.shape}")
+        if chips.dtype != np.uint8:
+            raise ValueError(f"chips must be uint8, got {chips.dtype}")
+        if len(chips) == 0:
+            return np.zeros((0, DESCRIPTOR_DIM), dtype=np.float32)
+        batch = [np.ascontiguousarray(c) for c in chips]
+        with self._lock:
+            # One batched call: dlib runs the chips through the network together.
+            out = self._net.compute_face_descriptor(batch, self.num_jitters)
+        return np.asarray([np.asarray(d) for d in out], dtype=np.float32)
+
+
+def make_backend(name: str, threads: int = 1, num_jitters: int = 0) -> EmbeddingBackend:
+    """The embedding backend called `name` ("dlib" or "onnx")."""
+    if name == "dlib":
+        return DlibBackend(num_jitters=num_jitters)
+    if name == "onnx":
+        if num_jitters:
+            raise ValueError("num_jitters is supported by the dlib backend only")
+        try:
+            from worker.engine.onnx_resnet import OnnxBackend
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                "embedding backend 'onnx' is unavailable: worker.engine.onnx_resnet could not be "
+                f"imported ({exc}); use backend='dlib' or install the ONNX backend"
+            ) from exc
+        return OnnxBackend(threads=threads)
+    raise ValueError(f"unknown embedding backend {name!r}: expected 'dlib' or 'onnx'")

@@ -1,0 +1,66 @@
+"""The face engine's settings: every threshold it applies, with the default we measured.
+
+How each default was measured is in docs/engine.md; change them there and here together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Names of the quality checks, as used in `EngineConfig.recognize_checks`.
+CHECK_FRAME = "frame"  # FACE_OUT_OF_FRAME
+CHECK_SIZE = "size"  # FACE_TOO_SMALL
+CHECK_POSE = "pose"  # FACE_POSE_EXTREME
+CHECK_BLUR = "blur"  # FACE_BLURRY
+ALL_CHECKS = frozenset({CHECK_FRAME, CHECK_SIZE, CHECK_POSE, CHECK_BLUR})
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Thresholds and resources of one `FaceEngine`. Frozen and hashable: it keys the cache."""
+
+    # Decoding. Images over max_pixels (width*height read from the header) are refused before
+    # any pixel is decoded; images whose shorter side is below min_image_side cannot hold a face
+    # the size gate accepts, so they are refused too.
+    max_pixels: int = 25_000_000
+    min_image_side: int = 80
+    # Large JPEGs decode at a DCT-reduced scale (1/2, 1/4, 1/8) that keeps the long side at least
+    # this; the face is re-decoded at a finer scale if its chip would otherwise be upsampled.
+    # None decodes every JPEG at full size.
+    draft_long_side: int | None = 1280
+
+    # Detection: HOG on a copy whose long side is at most detect_max_side, boxes mapped back.
+    detect_max_side: int = 640
+    # Second pass, only when the first found no face: fine enough that a face of min_face_px
+    # reaches the detector's 80 px window (the detector's 2x upsampling when that suffices).
+    upsample_small: bool = True
+    # Third try, only when both found nothing: the image turned by 90, 270 and 180 degrees (for
+    # photos rotated without an EXIF Orientation tag). Cheap: one pass each, no upsampling.
+    try_rotations: bool = True
+
+    # Quality gates (None or 0 disables one). Registration applies every gate.
+    min_face_px: int = 80  # detector box width on the original image, in pixels
+    max_out_of_frame: float = 0.10  # share of the box width lying outside the image
+    max_blur: float | None = 0.75  # blur score of the aligned chip, 0 sharp .. 1 flat
+    max_pose: float | None = 0.60  # yaw score from the 5 landmarks, 0 frontal .. 1 profile
+    # Registration refuses a photo whose second-largest face has at least this share of the
+    # largest face's box area (several people of similar size); smaller faces are background.
+    multi_face_ratio: float = 0.40
+    # Recognition looks at the largest face and applies only these gates; see docs/engine.md.
+    recognize_checks: frozenset[str] = frozenset({CHECK_FRAME, CHECK_SIZE})
+
+    # Embedding.
+    num_jitters: int = 0
+    backend: str = "dlib"  # "dlib" | "onnx"
+    backend_threads: int = 1  # intra-op threads of the ONNX backend (dlib's CPU path is serial)
+
+    def __post_init__(self) -> None:
+        # Accept any iterable of names, but store a frozenset so the config stays hashable.
+        object.__setattr__(self, "recognize_checks", frozenset(self.recognize_checks))
+        unknown = set(self.recognize_checks) - ALL_CHECKS
+        if unknown:
+            raise ValueError(f"unknown recognize_checks: {sorted(unknown)}")
+        if self.max_pixels <= 0 or self.detect_max_side < 80:
+            raise ValueError("max_pixels must be > 0 and detect_max_side >= 80")
+        if not 0.0 < self.multi_face_ratio <= 1.0:
+            raise ValueError("multi_face_ratio must be in (0, 1]")
