@@ -245,6 +245,7 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
 
 def cmd_bulk(args: argparse.Namespace) -> int:
     from shared import bulk
+    from shared.errors import FaceLibError
 
     try:
         bulk.use_local_stack(home())
@@ -261,7 +262,7 @@ def cmd_bulk(args: argparse.Namespace) -> int:
             job_timeout=args.job_timeout,
             progress=not args.no_progress,
         )
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, FaceLibError) as exc:  # bad input, unknown client or library
         print(f"bulk: {exc}", file=sys.stderr)
         return 2
     print(summary.line())

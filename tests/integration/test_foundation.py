@@ -164,8 +164,8 @@ def test_compose_file_names_the_services_and_settings_the_code_reads() -> None:
     import re
 
     settings_src = (ROOT / "shared" / "settings.py").read_text()
-    read_by_code = set(re.findall(r'"((?:FACELIB|DATABASE|REDIS)_[A-Z_]+)"', settings_src))
-    documented = set(re.findall(r"^#?\s*([A-Z_]+)=", example, re.M))
+    read_by_code = set(re.findall(r'"((?:FACELIB|DATABASE|REDIS)_[A-Z0-9_]+)"', settings_src))
+    documented = set(re.findall(r"^#?\s*([A-Z0-9_]+)=", example, re.M))
     assert read_by_code <= documented, read_by_code - documented
     env = services["api"]["environment"]
     required = {"DATABASE_URL", "REDIS_URL", "FACELIB_INDEX_KEY", "FACELIB_ENCRYPTION_KEY"}

@@ -41,8 +41,8 @@ class EngineConfig:
     # Quality gates (None or 0 disables one). Registration applies every gate.
     min_face_px: int = 80  # detector box width on the original image, in pixels
     max_out_of_frame: float = 0.10  # share of the box width lying outside the image
-    max_blur: float | None = 0.75  # blur score of the aligned chip, 0 sharp .. 1 flat
-    max_pose: float | None = 0.60  # yaw score from the 5 landmarks, 0 frontal .. 1 profile
+    max_blur: float | None = 0.70  # blur score of the aligned chip, 0 sharp .. 1 flat
+    max_pose: float | None = 0.70  # yaw score from the 5 landmarks, 0 frontal .. 1 profile
     # Registration refuses a photo whose second-largest face has at least this share of the
     # largest face's box area (several people of similar size); smaller faces are background.
     multi_face_ratio: float = 0.40

@@ -87,10 +87,12 @@ class _Detection:
     score: float
     upsampled: bool
 
-    @property
-    def area(self) -> float:
+    def visible_area(self, width: int, height: int) -> float:
+        """Area of the box inside the image: a face cut by the border counts for what shows."""
         left, top, right, bottom = self.box
-        return (right - left) * (bottom - top)
+        return max(0.0, min(right, width) - max(left, 0.0)) * max(
+            0.0, min(bottom, height) - max(top, 0.0)
+        )
 
 
 _DEFAULT_CONFIG = EngineConfig()
@@ -146,9 +148,12 @@ class FaceEngine:
         if not found:
             raise FaceLibError(E.NO_FACE)
 
-        found.sort(key=lambda d: d.area, reverse=True)
+        # Largest first, by the area inside the image: a bystander cut by the border is not the
+        # subject even when the detector's box for them is as large.
+        h, w = decoded.rgb.shape[:2]
+        found.sort(key=lambda d: d.visible_area(w, h), reverse=True)
         if purpose == "register" and len(found) > 1:
-            ratio = found[1].area / found[0].area
+            ratio = found[1].visible_area(w, h) / found[0].visible_area(w, h)
             if ratio >= cfg.multi_face_ratio:
                 raise FaceLibError(
                     E.MULTIPLE_FACES,
@@ -263,24 +268,33 @@ class FaceEngine:
     def _detect(self, decoded: DecodedImage, *, second_pass: bool) -> list[_Detection]:
         """HOG detections, in the coordinates of `decoded.rgb`.
 
-        First pass: a copy whose long side is at most detect_max_side, no upsampling. Second
-        pass (only when the first finds nothing): fine enough for a face of min_face_px on the
-        original to reach the detector's ~80 px window: the detector's own 2x upsampling of the
-        same copy when that suffices, else a larger copy (at most the decoded pixels).
+        First pass: a copy whose long side is at most detect_max_side; images whose long side
+        is at most half that (thumbnails, LFW's 250 px) get the detector's 2x upsampling, so
+        every image is searched at a working resolution of 320-640 px (the pyramid's boxes are
+        also finer there). Second pass, only when the first finds nothing: fine enough for a face
+        of min_face_px on the original to reach the detector's 80 px window (the 2x upsampling
+        when that suffices, else a larger copy, at most the decoded pixels); for a small image
+        already upsampled, the other pyramid (no upsampling), which measurably finds faces the
+        first missed (docs/engine.md).
         """
+        cfg = self.config
         rgb = decoded.rgb
         long_side = max(rgb.shape[:2])
-        found = self._detect_at(rgb, self.config.detect_max_side, upsample=0)
+        small_image = 2 * long_side <= cfg.detect_max_side
+        first_upsample = 1 if small_image else 0
+        found = self._detect_at(rgb, cfg.detect_max_side, upsample=first_upsample)
         if found or not second_pass:
             return found
-        first = min(long_side, self.config.detect_max_side)
+        if small_image:
+            return self._detect_at(rgb, cfg.detect_max_side, upsample=0, upsampled=True)
+        first = min(long_side, cfg.detect_max_side)
         needed = long_side
-        if self.config.min_face_px:
+        if cfg.min_face_px:
             full = max(decoded.width, decoded.height)
-            needed = min(long_side, math.ceil(full * _HOG_WINDOW_PX / self.config.min_face_px))
+            needed = min(long_side, math.ceil(full * _HOG_WINDOW_PX / cfg.min_face_px))
         if needed > 2 * first:
             return self._detect_at(rgb, needed, upsample=0, upsampled=True)
-        return self._detect_at(rgb, self.config.detect_max_side, upsample=1)
+        return self._detect_at(rgb, cfg.detect_max_side, upsample=1)
 
     def _detect_at(
         self, rgb: np.ndarray, max_side: int, *, upsample: int, upsampled: bool = False
