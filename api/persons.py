@@ -23,8 +23,8 @@ from api.schemas import (
 from shared import crypto, repo
 from shared.callbacks import callback_url_problem
 from shared.db import transaction
-from shared.image_sources import check_image_ref
 from shared.errors import ERRCODES, E, FaceLibError
+from shared.image_sources import check_image_ref
 from shared.jobs import job_envelope, submit_job, wait_for_job
 from shared.queue import queue_depth
 from shared.recognition import PERSON_REF
