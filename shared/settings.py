@@ -101,7 +101,7 @@ class Settings:
     max_request_bytes: int = 1024 * 1024
     max_image_pixels: int = 25_000_000
     min_face_px: int = 80
-    embedding_backend: str = "dlib"
+    embedding_backend: str = "onnx"
     backend_threads: int = 1
     num_jitters: int = 0
     hnsw_ef_search: int = 100
@@ -203,7 +203,7 @@ def load_settings() -> Settings:
         max_request_bytes=_int("FACELIB_MAX_REQUEST_BYTES", 1024 * 1024),
         max_image_pixels=_int("FACELIB_MAX_IMAGE_PIXELS", 25_000_000),
         min_face_px=_int("FACELIB_MIN_FACE_PX", 80),
-        embedding_backend=_env("FACELIB_EMBEDDING_BACKEND", "dlib") or "dlib",
+        embedding_backend=_choice("FACELIB_EMBEDDING_BACKEND", "onnx", ("onnx", "dlib")),
         backend_threads=_int("FACELIB_BACKEND_THREADS", 1),
         num_jitters=_int("FACELIB_NUM_JITTERS", 0),
         hnsw_ef_search=_int("FACELIB_HNSW_EF_SEARCH", 100),
