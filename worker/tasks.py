@@ -118,7 +118,8 @@ def _register(conn: psycopg.Connection, job: dict, inputs: dict, analysis: Analy
         box=[int(v) for v in face.box],
         quality={k: float(v) for k, v in face.quality.items()},
         model=analysis.model,
-        backend=analysis.backend,
+        # backend and its version (e.g. onnx + the .dat hash), so a model change can re-embed
+        backend=f"{analysis.backend}/{getattr(engine().backend, 'version', '')}",
         job_id=job["id"],
         image_sha256=hashlib.sha256(image).digest(),
     )

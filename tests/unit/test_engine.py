@@ -202,6 +202,27 @@ def test_large_jpeg_decodes_reduced_without_losing_the_face(engine: FaceEngine) 
     assert seen.faces[0].quality["size_px"] > 3 * 250
 
 
+def test_small_face_in_a_large_jpeg_is_found_and_decoded_at_full_resolution(
+    engine: FaceEngine,
+) -> None:
+    # A 4000x3000 photo with a ~250 px face: too small for the first detection pass (40 px at
+    # 640), found by the second; the 1/2-scale draft decode would upsample its chip, so the
+    # engine decodes the full resolution again.
+    scene = Image.open(FACES / "obama_1080p.jpg").convert("RGB")
+    scene = scene.resize((1536, 864), Image.Resampling.LANCZOS)
+    canvas = Image.new("RGB", (4000, 3000), (90, 100, 110))
+    canvas.paste(scene, (1200, 1000))
+    seen = engine.analyze(encode(canvas, "JPEG", quality=92), "register")
+    face = seen.faces[0]
+    assert face.quality["upsampled"] == 1.0
+    assert 200 < face.quality["size_px"] < 300
+    assert face.quality["chip_source_px"] >= 150
+    left, top, _, _ = face.box
+    assert 1200 < left < 2736 and 1000 < top < 1864
+    direct = engine.analyze(encode(scene, "PNG"), "register")
+    assert unit_distance(seen, direct) < 0.1
+
+
 # -- refusals ---------------------------------------------------------------------------------
 
 
