@@ -131,6 +131,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("\nstopping...", flush=True)
         return 0
     finally:
+        # a second Ctrl-C (or uv forwarding the first) must not cut the clean stop short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for p in procs:
             if p.poll() is None:
                 p.terminate()
