@@ -12,7 +12,13 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Response, jsonify
 from marshmallow import Schema, fields
 
-from api.schemas import RecognizeSchema, RegisterSchema
+from api.manage import (
+    FaceDeleteSchema,
+    PersonListSchema,
+    PersonLookupSchema,
+    PersonUpdateSchema,
+)
+from api.schemas import LibrarySchema, RecognizeSchema, RegisterSchema, VerifySchema
 from api.tokens import TokenRequestSchema
 from shared.errors import ERRCODES
 
@@ -119,6 +125,79 @@ def build_spec() -> dict[str, Any]:
             "post": _op(
                 "Recognise a face (1:N)", RecognizeSchema, "RecognizeData", "face:recognize"
             )
+        },
+    )
+    spec.path(
+        f"{base}/person/verify",
+        operations={
+            "post": _op(
+                "1:1: is this face the person with this idNum?",
+                VerifySchema,
+                "RecognizeData",
+                "face:recognize",
+            )
+        },
+    )
+    for path, summary, body, scope in (
+        (
+            "person/get",
+            "A person's record by idNum (never embeddings)",
+            PersonLookupSchema,
+            "person:read",
+        ),
+        (
+            "person/update",
+            "Update name, personType, customerID",
+            PersonUpdateSchema,
+            "person:write",
+        ),
+        (
+            "person/delete",
+            "Erase a person: record, faces, images, links",
+            PersonLookupSchema,
+            "person:write",
+        ),
+        (
+            "person/list",
+            "List persons with paging and filters (idNum masked)",
+            PersonListSchema,
+            "person:read",
+        ),
+        ("person/faces", "A person's faces (no embeddings)", PersonLookupSchema, "person:read"),
+        ("person/face/delete", "Delete one face", FaceDeleteSchema, "person:write"),
+        ("library/create", "Create a sub-library", LibrarySchema, "person:write"),
+        (
+            "library/delete",
+            "Delete a sub-library and its memberships",
+            LibrarySchema,
+            "person:write",
+        ),
+    ):
+        spec.path(f"{base}/{path}", operations={"post": _op(summary, body, "Envelope", scope)})
+    spec.path(
+        f"{base}/library/list",
+        operations={
+            "get": _op("List sub-libraries", None, "Envelope", "person:read or face:recognize")
+        },
+    )
+    spec.path(
+        "/tech/file/upload",
+        operations={
+            "post": _op(
+                "Upload an image to the file server (multipart `file` or JSON `data` base64); "
+                "returns the `path` to send with origin fds",
+                None,
+                "Envelope",
+                "file:write",
+            )
+        },
+    )
+    spec.path(
+        "/tech/file/{path}",
+        parameters=[{"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}],
+        operations={
+            "get": _op("Download an uploaded image (owner only)", None, "Envelope", "file:write"),
+            "delete": _op("Delete an uploaded image (owner only)", None, "Envelope", "file:write"),
         },
     )
     spec.path(

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import uuid
+import functools
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response, g, request
@@ -25,7 +24,13 @@ from shared.callbacks import callback_url_problem
 from shared.db import transaction
 from shared.errors import ERRCODES, E, FaceLibError
 from shared.image_sources import check_image_ref
-from shared.jobs import job_envelope, submit_job, wait_for_job
+from shared.jobs import (
+    job_envelope,
+    request_hash,
+    submit_job,
+    submit_registration,
+    wait_for_job,
+)
 from shared.queue import queue_depth
 from shared.recognition import PERSON_REF
 from shared.settings import get_settings
@@ -33,16 +38,14 @@ from shared.settings import get_settings
 bp = Blueprint("persons", __name__, url_prefix="/tech/ai/face/faceLib/person")
 
 
-def _request_hash(body: dict[str, Any]) -> bytes:
-    canonical = {k: v for k, v in body.items() if k not in ("async", "requestId")}
-    return hashlib.sha256(
-        json.dumps(canonical, sort_keys=True, ensure_ascii=False, default=str).encode()
-    ).digest()
-
-
 def _run(
-    kind: str, params: dict[str, Any], body: dict[str, Any], extra: dict[str, Any]
+    params: dict[str, Any],
+    body: dict[str, Any],
+    meta: dict[str, Any],
+    submit: Callable[..., tuple[dict[str, Any], bool]],
 ) -> Response:
+    """What reg, recong and verify share: image checks, callback, idempotency, back-pressure,
+    submission (`submit`), then the async answer or the wait for the result."""
     settings = get_settings()
     client = g.client
     image = params["faceImage"]
@@ -61,24 +64,21 @@ def _run(
     if params["async_"] and queue_depth() > settings.queue_max_depth:
         raise FaceLibError(E.BUSY, detail=f"more than {settings.queue_max_depth} jobs waiting")
     meta = {
-        **extra.get("meta", {}),
+        **meta,
         "requestId": g.get("request_id"),
         "async": params["async_"],
         "origin": origin,
         "imageBytes": len(raw) if raw is not None else None,
     }
-    job, created = submit_job(
-        kind=kind,
+    job, created = submit(
         client_id=client["id"],
         request_id=request_id,
-        request_hash=_request_hash(body),
+        request_hash=request_hash(body),
         meta=meta,
         callback_url=callback_url,
         origin=origin,
         image=raw,
         ref=None if origin == "self" else image["data"],
-        max_attempts=settings.job_max_attempts,
-        **extra.get("job_fields", {}),
     )
     task_id = str(job["id"])
     headers = {"X-Task-Id": task_id}
@@ -93,6 +93,10 @@ def _run(
         env = job_envelope(conn, job)
     err = ERRCODES.get(env["errcode"], E.INTERNAL)
     return respond(env["data"], err, env["errmsg"], headers=headers)
+
+
+def _submit_job(kind: str, **fields: Any) -> tuple[dict[str, Any], bool]:
+    return submit_job(kind=kind, max_attempts=get_settings().job_max_attempts, **fields)
 
 
 @bp.post("/reg")
@@ -112,15 +116,10 @@ def register() -> Response:
 
     with transaction() as conn:
         libraries = repo.library_ids(conn, params["libIds"] or ["default"])
-    job_id = uuid.uuid4()
-    job_fields = {
-        "job_id": job_id,
-        "person": person,
-        # the worker needs the idNum; it waits encrypted, bound to this job, deleted at job end
-        "id_num_encrypted": crypto.encrypt(settings.encryption_key, id_num, aad=job_id.bytes),
-    }
-    meta = {"libraryIds": libraries, "duplicatePolicy": settings.duplicate_policy}
-    return _run("register", params, body, {"job_fields": job_fields, "meta": meta})
+    submit = functools.partial(
+        submit_registration, id_num=id_num, person=person, library_ids=libraries
+    )
+    return _run(params, body, {}, submit)
 
 
 @bp.post("/recong")
@@ -139,7 +138,7 @@ def recognize() -> Response:
     if params["libIds"]:
         with transaction() as conn:
             meta["libraryIds"] = repo.library_ids(conn, params["libIds"])
-    return _run("recognize", params, body, {"meta": meta})
+    return _run(params, body, meta, functools.partial(_submit_job, "recognize"))
 
 
 @bp.post("/verify")
@@ -155,4 +154,4 @@ def verify() -> Response:
         raise FaceLibError(E.PERSON_NOT_FOUND, data={"isMatch": "false"})
     g.audit_person_ref = f"p:{person['id']}"
     meta = {"personId": person["id"], "threshold": params["threshold"]}
-    return _run("verify", params, body, {"meta": meta})
+    return _run(params, body, meta, functools.partial(_submit_job, "verify"))

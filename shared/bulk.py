@@ -28,7 +28,6 @@ import base64
 import csv
 import hashlib
 import io
-import json
 import re
 import time
 import uuid
@@ -42,7 +41,7 @@ from shared import crypto, persons, repo
 from shared.db import transaction
 from shared.errors import ERRCODES, E, FaceLibError
 from shared.idnum import is_valid_id_num, make_id_num, normalize_id_num
-from shared.jobs import submit_job
+from shared.jobs import request_hash, submit_registration
 from shared.settings import Settings, get_settings
 
 PERSON_TYPES = ("normal", "vip", "inner")  # as persons.person_type's CHECK constraint
@@ -228,11 +227,8 @@ def prepare_row(row: Row, settings: Settings) -> Prepared:
         "customerID": row.customer_id,
         "faceImage": {"type": "image", "origin": "self", "data": b64},
     }
-    request_hash = hashlib.sha256(
-        json.dumps(body, sort_keys=True, ensure_ascii=False, default=str).encode()
-    ).digest()
     request_ids = persons.bulk_request_ids(settings, id_num, hashlib.sha256(image).digest())
-    return Prepared(row, id_num, row.name, image, request_ids, request_hash)
+    return Prepared(row, id_num, row.name, image, request_ids, request_hash(body))
 
 
 # --- the run -------------------------------------------------------------------------------------
@@ -280,37 +276,29 @@ class BulkEnrolment:
         self.summary.failures.append(Failure(row, errcode, errmsg, task_id))
 
     def _submit(self, item: Prepared, run: int) -> None:
-        job_id = uuid.uuid4()
         person = {
             "name": item.name,
             "personType": item.row.person_type,
             "customerID": item.row.customer_id,  # None (empty cell): keep the stored one
         }
-        job, _ = submit_job(
-            kind="register",
-            client_id=self.client["id"],
-            request_id=item.request_ids[run],
-            request_hash=item.request_hash,
+        job, _ = submit_registration(
+            id_num=item.id_num,
+            person=person,
+            library_ids=self.library_ids,
             meta={
-                "libraryIds": self.library_ids,
-                "duplicatePolicy": self.settings.duplicate_policy,
                 "requestId": f"bulk-{self.run_id}",
                 "async": True,
                 "origin": "self",
                 "imageBytes": len(item.image),
                 "bulk": True,
             },
+            client_id=self.client["id"],
+            request_id=item.request_ids[run],
+            request_hash=item.request_hash,
             callback_url=None,
             origin="self",
             image=item.image,
             ref=None,
-            max_attempts=self.settings.job_max_attempts,
-            job_id=job_id,
-            person=person,
-            # the worker needs the idNum; it waits encrypted, bound to this job (as the API does)
-            id_num_encrypted=crypto.encrypt(
-                self.settings.encryption_key, item.id_num, aad=job_id.bytes
-            ),
         )
         self._track(str(job["id"]), item, run)
 

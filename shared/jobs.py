@@ -8,14 +8,17 @@ publishes on after it commits, with the database as the source of truth.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
+import uuid
 from typing import Any
 
 import psycopg
 import redis
 
-from shared import repo
+from shared import crypto, repo
 from shared.db import transaction
 from shared.errors import E, FaceLibError
 from shared.queue import TASK_FOR_KIND, get_celery, get_redis, job_channel
@@ -44,6 +47,40 @@ def submit_job(**fields: Any) -> tuple[dict[str, Any], bool]:
     if created:
         send_job(str(job["id"]), job["kind"])
     return job, created
+
+
+def request_hash(body: dict[str, Any]) -> bytes:
+    """Identity of a request for idempotency: the body without `async` and `requestId`."""
+    canonical = {k: v for k, v in body.items() if k not in ("async", "requestId")}
+    return hashlib.sha256(
+        json.dumps(canonical, sort_keys=True, ensure_ascii=False, default=str).encode()
+    ).digest()
+
+
+def submit_registration(
+    *,
+    id_num: str,
+    person: dict[str, Any],
+    library_ids: list[int],
+    meta: dict[str, Any],
+    **fields: Any,
+) -> tuple[dict[str, Any], bool]:
+    """Submit a registration job (the API's reg and the bulk enrolment both come here).
+
+    The worker needs the idNum: it waits in job_inputs encrypted with AES-GCM bound to this
+    job id, and is deleted when the job ends.
+    """
+    settings = get_settings()
+    job_id = uuid.uuid4()
+    return submit_job(
+        kind="register",
+        job_id=job_id,
+        person=person,
+        id_num_encrypted=crypto.encrypt(settings.encryption_key, id_num, aad=job_id.bytes),
+        meta={"libraryIds": library_ids, "duplicatePolicy": settings.duplicate_policy, **meta},
+        max_attempts=settings.job_max_attempts,
+        **fields,
+    )
 
 
 def job_envelope(conn: psycopg.Connection, job: dict[str, Any]) -> dict[str, Any]:
