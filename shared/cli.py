@@ -128,6 +128,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             time.sleep(0.5)
         return 1
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # uv may forward the same Ctrl-C again
         print("\nstopping...", flush=True)
         return 0
     finally:
