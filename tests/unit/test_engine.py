@@ -18,6 +18,7 @@ from PIL import Image, ImageFilter
 from shared.errors import E, FaceLibError
 from worker.engine import (
     Analysis,
+    BackendUnavailableError,
     EngineConfig,
     FaceEngine,
     get_engine,
@@ -101,6 +102,16 @@ def test_engine_is_cached_per_process_and_config(engine: FaceEngine) -> None:
     assert get_engine(EngineConfig()) is engine
     with pytest.raises(ValueError, match="unknown embedding backend"):
         make_backend("tensorflow")
+
+
+def test_onnx_backend_gives_the_dlib_embedding(obama_1: Analysis) -> None:
+    try:
+        onnx_engine = get_engine(EngineConfig(backend="onnx"))
+    except BackendUnavailableError as exc:
+        pytest.skip(str(exc))
+    seen = onnx_engine.analyze(photo("obama_1.jpg"), "register")
+    assert seen.backend == "onnx" and seen.model == obama_1.model
+    assert unit_distance(seen, obama_1) < 1e-4
 
 
 # -- several faces ----------------------------------------------------------------------------
