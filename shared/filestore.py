@@ -22,7 +22,6 @@ import io
 import logging
 import os
 import re
-import struct
 import tempfile
 import threading
 import warnings
@@ -34,15 +33,14 @@ import psycopg
 from PIL import (
     BmpImagePlugin,  # noqa: F401 - registers the decoder: Image.open(formats=...) needs it loaded
     Image,
-    ImageOps,
     JpegImagePlugin,  # noqa: F401
     PngImagePlugin,  # noqa: F401
-    UnidentifiedImageError,
     WebPImagePlugin,  # noqa: F401
 )
 
 from shared.db import transaction
 from shared.errors import E, FaceLibError
+from shared.imaging import DECODE_ERRORS, exif_upright, open_checked, to_rgb
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -51,19 +49,7 @@ log = logging.getLogger(__name__)
 # backslash, a NUL) is refused before it reaches a store.
 PATH_PATTERN = re.compile(r"[0-9a-f]{64}\.jpg")
 CONTENT_TYPE = "image/jpeg"
-ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "WEBP")
 MIN_SIDE = 32  # smaller than this cannot hold a face the engine would accept
-DECODE_ERRORS = (
-    OSError,
-    SyntaxError,
-    ValueError,
-    EOFError,
-    struct.error,
-    IndexError,
-    TypeError,
-    KeyError,
-    ZeroDivisionError,
-)
 
 
 class FileMissing(Exception):
@@ -249,17 +235,6 @@ class PreparedImage:
         return f"{self.sha256.hex()}.jpg"
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        flat = Image.new("RGB", rgba.size, (255, 255, 255))  # transparent parts become white
-        flat.paste(rgba, mask=rgba.getchannel("A"))
-        return flat
-    if im.mode.startswith("I"):  # 16-bit greyscale: keep the top 8 bits
-        im = im.convert("I").point(lambda v: v * (1 / 256)).convert("L")
-    return im if im.mode == "RGB" else im.convert("RGB")
-
-
 def prepare_upload(
     raw: bytes, *, max_bytes: int, max_pixels: int, max_side: int, quality: int
 ) -> PreparedImage:
@@ -273,24 +248,8 @@ def prepare_upload(
             E.IMAGE_TOO_LARGE,
             errmsg=f"image too large: an upload must be at most {max_bytes} bytes",
         )
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(raw), formats=ALLOWED_FORMATS)
-    except Image.DecompressionBombError as exc:
-        raise FaceLibError(E.IMAGE_TOO_MANY_PIXELS, detail="over the decoder's limit") from exc
-    except (UnidentifiedImageError, *DECODE_ERRORS) as exc:
-        raise FaceLibError(
-            E.IMAGE_UNDECODABLE, detail="not a JPEG, PNG, BMP or WebP image"
-        ) from exc
-    with im:
+    with open_checked(raw, max_pixels=max_pixels, min_side=MIN_SIDE) as im:
         w, h = im.size
-        if w * h > max_pixels:
-            raise FaceLibError(
-                E.IMAGE_TOO_MANY_PIXELS, detail=f"{w}x{h} is over {max_pixels} pixels"
-            )
-        if min(w, h) < MIN_SIDE:
-            raise FaceLibError(E.IMAGE_TOO_SMALL, detail=f"{w}x{h}, shorter side under {MIN_SIDE}")
         try:
             if im.format in ("JPEG", "MPO") and min(w, h) >= 2 * max_side:
                 # decode at a reduced DCT scale; both sides stay >= max_side, so the final
@@ -299,11 +258,8 @@ def prepare_upload(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 im.load()
-            try:
-                upright = ImageOps.exif_transpose(im) or im
-            except DECODE_ERRORS:  # a broken EXIF block: keep the pixels as stored
-                upright = im
-            rgb = _to_rgb(upright)
+            upright, _ = exif_upright(im)
+            rgb = to_rgb(upright)
             if max(rgb.size) > max_side:
                 rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
             out = io.BytesIO()

@@ -10,9 +10,6 @@ judged when the image is actually read.
 
 from __future__ import annotations
 
-import io
-import warnings
-
 from shared.errors import E, FaceLibError
 
 _FIELD = {"field": "faceImage.data"}
@@ -35,20 +32,17 @@ def check_image_ref(origin: str, data: str) -> None:
 
 def _check_image_header(data: bytes) -> None:
     """A fetched body must at least open as an image (the engine decodes it fully later)."""
-    from PIL import Image, UnidentifiedImageError
-
-    from shared.filestore import ALLOWED_FORMATS, DECODE_ERRORS
+    from shared.imaging import open_checked
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS).close()
-    except Image.DecompressionBombError as exc:
-        raise FaceLibError(E.IMAGE_TOO_MANY_PIXELS, detail="over the decoder's limit") from exc
-    except (UnidentifiedImageError, *DECODE_ERRORS) as exc:
-        raise FaceLibError(
-            E.IMAGE_UNDECODABLE, detail="the URL did not return a JPEG, PNG, BMP or WebP image"
-        ) from exc
+        # the pixel cap is the engine's to apply when it decodes; here: is it an image at all
+        open_checked(data, max_pixels=2**40, min_side=1).close()
+    except FaceLibError as exc:
+        if exc.err is E.IMAGE_UNDECODABLE:
+            raise FaceLibError(
+                E.IMAGE_UNDECODABLE, detail="the URL did not return a JPEG, PNG, BMP or WebP image"
+            ) from exc
+        raise
 
 
 def load_image(origin: str, data: bytes | None, ref: str | None, *, client_id: int) -> bytes:

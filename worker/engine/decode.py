@@ -9,45 +9,17 @@ decode; the engine asks for a finer scale again when a face would lose resolutio
 
 from __future__ import annotations
 
-import io
 import math
-import struct
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import (
-    BmpImagePlugin,  # noqa: F401 - registers the decoder: Image.open(formats=...) needs it loaded
-    Image,
-    ImageOps,
-    JpegImagePlugin,  # noqa: F401
-    PngImagePlugin,  # noqa: F401
-    UnidentifiedImageError,
-    WebPImagePlugin,  # noqa: F401
-)
+from PIL import Image
 
 from shared.errors import E, FaceLibError
+from shared.imaging import ALLOWED_FORMATS, DECODE_ERRORS, exif_upright, open_checked, to_rgb
 
-# What a face photo legitimately comes as (the JPEG plugin also opens the MPO files many phones
-# write, as format "MPO"). Restricting the plugins keeps exotic, rarely fuzzed decoders away
-# from untrusted bytes.
-ALLOWED_FORMATS = ("JPEG", "PNG", "BMP", "WEBP")
-
-# What Pillow raises on malformed or truncated data, besides its own UnidentifiedImageError.
-_DECODE_ERRORS = (
-    OSError,
-    SyntaxError,
-    ValueError,
-    EOFError,
-    struct.error,
-    IndexError,
-    TypeError,
-    KeyError,
-    ZeroDivisionError,
-)
-
-_ORIENTATION = 0x0112  # EXIF tag number
-_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+__all__ = ["ALLOWED_FORMATS", "DecodedImage", "decode_image"]
 
 
 @dataclass(frozen=True)
@@ -100,28 +72,9 @@ def decode_image(
     corrupt), IMAGE_TOO_MANY_PIXELS (width*height over `max_pixels`, checked from the header
     before decoding) or IMAGE_TOO_SMALL (shorter side below `min_side`).
     """
-    if not data:
-        raise FaceLibError(E.IMAGE_UNDECODABLE, detail="empty")
-    try:
-        with warnings.catch_warnings():
-            # We check the pixel count ourselves, against our own (lower) limit, right below.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
-    except Image.DecompressionBombError as exc:
-        raise FaceLibError(E.IMAGE_TOO_MANY_PIXELS, detail="over the decoder's limit") from exc
-    except (UnidentifiedImageError, *_DECODE_ERRORS) as exc:
-        raise FaceLibError(
-            E.IMAGE_UNDECODABLE, detail="not a JPEG, PNG, BMP or WebP image"
-        ) from exc
-
+    im = open_checked(data, max_pixels=max_pixels, min_side=min_side)
     with im:
         w, h = im.size
-        if w * h > max_pixels:
-            raise FaceLibError(
-                E.IMAGE_TOO_MANY_PIXELS, detail=f"{w}x{h} is over {max_pixels} pixels"
-            )
-        if min(w, h) < max(1, min_side):
-            raise FaceLibError(E.IMAGE_TOO_SMALL, detail=f"{w}x{h}, shorter side under {min_side}")
         fmt = im.format or "?"
         if draft_long_side and fmt in ("JPEG", "MPO") and max(w, h) > draft_long_side:
             k = draft_long_side / max(w, h)
@@ -131,49 +84,13 @@ def decode_image(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 im.load()
-                upright, turned = _exif_upright(im)
-                rgb = _to_rgb_array(upright)
+                upright, turned = exif_upright(im)
+                rgb = np.ascontiguousarray(np.asarray(to_rgb(upright)))
         except Image.DecompressionBombError as exc:
             raise FaceLibError(E.IMAGE_TOO_MANY_PIXELS, detail="over the decoder's limit") from exc
-        except _DECODE_ERRORS as exc:
+        except DECODE_ERRORS as exc:
             raise FaceLibError(E.IMAGE_UNDECODABLE, detail="truncated or corrupt") from exc
 
     # The full-resolution upright size: the header size, turned like the pixels were.
     width, height = (h, w) if turned else (w, h)
     return DecodedImage(rgb=rgb, width=width, height=height, format=fmt)
-
-
-def _exif_upright(im: Image.Image) -> tuple[Image.Image, bool]:
-    """Apply the EXIF Orientation tag; a malformed EXIF block leaves the image as stored.
-
-    Returns the upright image and whether width and height were swapped (orientations 5-8).
-    """
-    try:
-        orientation = im.getexif().get(_ORIENTATION, 1)
-        upright = ImageOps.exif_transpose(im)
-    except _DECODE_ERRORS:
-        return im, False
-    return upright, orientation in (5, 6, 7, 8)
-
-
-def _to_rgb_array(im: Image.Image) -> np.ndarray:
-    if im.mode in _SIXTEEN_BIT_MODES:
-        # Pillow's own conversion clips 16-bit samples to 255 (a white image): scale instead.
-        gray = np.asarray(im).astype(np.uint32)
-        if gray.max(initial=0) > 255:
-            gray = gray >> 8
-        gray8 = np.clip(gray, 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(gray8[:, :, None], 3, axis=2))
-    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
-        im.mode == "P" and "transparency" in im.info
-    ):
-        rgba = im.convert("RGBA")
-        if rgba.getchannel("A").getextrema()[0] < 255:
-            # Transparent pixels keep arbitrary colour values; what a viewer shows is the image
-            # over a background, and cut-out portraits are made for a light one.
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            rgba = Image.alpha_composite(background, rgba)
-        return np.asarray(rgba.convert("RGB"))
-    if im.mode != "RGB":
-        im = im.convert("RGB")
-    return np.asarray(im)
