@@ -111,6 +111,31 @@ class Stack:
             headers.setdefault("Authorization", token)
         return requests.get(f"{self.api_url}{path}", headers=headers, timeout=60, **kw)
 
+    def spawn(
+        self, name: str, cmd: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen:
+        """A service process in its own session, logging to log_dir/<name>.log."""
+        with open(self.log_dir / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(
+                cmd,
+                cwd=ROOT,
+                env=env or self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.procs[name] = proc
+        return proc
+
+    def start_api(
+        self, workers: int = 2, threads: int = 8, name: str | None = None
+    ) -> subprocess.Popen:
+        from shared.cli import api_command
+
+        port = int(self.env["FACELIB_PORT"])
+        cmd = api_command(port, workers=workers, threads=threads)
+        return self.spawn(name or f"api-{port}", cmd)
+
     @contextmanager
     def extra_api(self, **env_overrides: str) -> Iterator[str]:
         """A second API process with other settings (same database and broker); yields its URL."""
@@ -119,15 +144,7 @@ class Stack:
 
         port = free_port()
         env = {**self.env, **env_overrides, "FACELIB_PORT": str(port)}
-        log = open(self.log_dir / f"api-extra-{port}.log", "ab")  # noqa: SIM115
-        proc = subprocess.Popen(
-            api_command(port, workers=1, threads=4),
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        proc = self.spawn(f"api-extra-{port}", api_command(port, workers=1, threads=4), env)
         url = f"http://127.0.0.1:{port}"
         try:
             deadline = time.monotonic() + 60
@@ -142,23 +159,15 @@ class Stack:
             yield url
         finally:
             _stop(proc)
-            log.close()
+            self.procs.pop(f"api-extra-{port}", None)
 
-    def start_worker(self, concurrency: int = 2, beat: bool = True) -> subprocess.Popen:
+    def start_worker(
+        self, concurrency: int = 2, beat: bool = True, name: str | None = None
+    ) -> subprocess.Popen:
         from shared.cli import worker_command
 
-        log = open(self.log_dir / f"worker-{len(self.procs)}.log", "ab")  # noqa: SIM115
         cmd = worker_command(concurrency, self.log_dir / "beat-schedule" if beat else None)
-        proc = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.procs[f"worker-{len(self.procs)}"] = proc
-        return proc
+        return self.spawn(name or f"worker-{len(self.procs)}", cmd)
 
     def wait_workers(self, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
@@ -249,18 +258,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
     apply_migrations(database_url)
 
-    from shared.cli import api_command
-
     st = Stack(f"http://127.0.0.1:{port}", database_url, redis_url, env, log_dir)
-    api_log = open(log_dir / "api.log", "ab")  # noqa: SIM115
-    st.procs["api"] = subprocess.Popen(
-        api_command(port, workers=2, threads=8),
-        cwd=ROOT,
-        env=env,
-        stdout=api_log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    st.start_api()
     st.start_worker()
     try:
         st.wait_workers()
@@ -276,7 +275,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         if drop_db:
             with psycopg.connect(drop_db[0], autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{drop_db[1]}" WITH (FORCE)')
-        api_log.close()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

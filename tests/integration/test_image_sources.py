@@ -13,7 +13,6 @@ import hashlib
 import http.client
 import io
 import re
-import subprocess
 import threading
 import time
 import uuid
@@ -27,7 +26,7 @@ import requests
 from PIL import Image
 
 from shared.filestore import prepare_upload, purge_unused_files
-from tests.conftest import FACES, ROOT, Stack, _stop, face_bytes
+from tests.conftest import FACES, Stack, _stop, face_bytes
 from tests.integration.test_person_api import RECONG, REG, new_id_num, recong_body, reg_body
 
 UPLOAD = "/tech/file/upload"
@@ -134,7 +133,6 @@ def filer(stack: Stack) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def intranet(stack: Stack) -> Iterator[Stack]:
     """A second API and worker whose fetch policy allowlists 127.0.0.1 (and only it)."""
-    from shared.cli import api_command
     from shared.embedded import free_port
 
     redis_url = re.sub(r"/\d*$", "", stack.redis_url.rstrip("/")) + "/7"
@@ -149,25 +147,15 @@ def intranet(stack: Stack) -> Iterator[Stack]:
         "FACELIB_JOB_MAX_ATTEMPTS": "2",
     }
     st = Stack(f"http://127.0.0.1:{port}", stack.database_url, redis_url, env, stack.log_dir)
-    # the worker first: its log is then worker-0.log, apart from the session worker's, and
-    # still in log_dir for the personal-data scan
-    st.start_worker(concurrency=1, beat=False)
-    log = open(stack.log_dir / "api-intranet.log", "ab")  # noqa: SIM115
-    st.procs["api"] = subprocess.Popen(
-        api_command(port, workers=1, threads=4),
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    # "intranet-" names keep its logs apart from the session's, still in log_dir for the scan
+    st.start_worker(concurrency=1, beat=False, name="intranet-worker")
+    st.start_api(workers=1, threads=4, name="intranet-api")
     try:
         st.wait_workers()
         yield st
     finally:
         for proc in st.procs.values():
             _stop(proc)
-        log.close()
 
 
 def upload(stack: Stack, token: str, name: str, *, as_json: bool = False) -> requests.Response:
