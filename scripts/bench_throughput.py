@@ -40,6 +40,9 @@ def photos(max_side: int = 800) -> list[bytes]:
     return out
 
 
+STAGES: dict[tuple[str, int], dict[str, float]] = {}
+
+
 def run(backend: str, workers: int, jobs: int, env: dict[str, str]) -> float:
     from shared import crypto, repo
     from shared.cli import worker_command
@@ -91,7 +94,18 @@ def run(backend: str, workers: int, jobs: int, env: dict[str, str]) -> float:
             ids.append(str(job_id))
         _wait(ids)
         assert started is not None
-        return jobs / (time.monotonic() - started)
+        rate = jobs / (time.monotonic() - started)
+        with transaction() as conn:
+            stages = conn.execute(
+                "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY (timings->>'total')::float8)"
+                " AS total, percentile_cont(0.5) WITHIN GROUP (ORDER BY (timings->>'embed')::float8)"
+                " AS embed, percentile_cont(0.5) WITHIN GROUP (ORDER BY (timings->>'detect')::float8)"
+                " AS detect, percentile_cont(0.5) WITHIN GROUP (ORDER BY (timings->>'db')::float8)"
+                " AS db FROM jobs WHERE id = ANY(%s::uuid[])",
+                (ids,),
+            ).fetchone()
+        STAGES[(backend, workers)] = {k: 1000 * float(v) for k, v in stages.items()}
+        return rate
     finally:
         worker.terminate()
         worker.wait(30)
@@ -151,12 +165,19 @@ def main() -> None:
             f"\n{args.jobs} registration jobs (800-px photos) per run, this machine "
             f"({os.cpu_count()} cores):\n"
         )
-        print("| backend | worker processes | jobs/s | vs dlib, same workers |")
-        print("|---|---|---|---|")
+        print(
+            "| backend | worker processes | jobs/s | vs dlib, same workers "
+            "| median ms in the task: total / detect / embed / db |"
+        )
+        print("|---|---|---|---|---|")
         for (backend, workers), rate in results.items():
             base = results.get(("dlib", workers))
             ratio = f"{rate / base:.2f}x" if base else "-"
-            print(f"| {backend} | {workers} | {rate:.2f} | {ratio} |")
+            st = STAGES[(backend, workers)]
+            print(
+                f"| {backend} | {workers} | {rate:.2f} | {ratio} "
+                f"| {st['total']:.0f} / {st['detect']:.0f} / {st['embed']:.0f} / {st['db']:.0f} |"
+            )
     finally:
         from shared.db import close_pool
 

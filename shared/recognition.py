@@ -9,7 +9,7 @@ import psycopg
 
 from shared import repo
 from shared.errors import E, FaceLibError
-from shared.score import format_score, gallery_false_match_rate, score_from_distance
+from shared.score import false_match_rate, format_score, score_from_distance
 from shared.settings import Settings
 
 PERSON_REF = "_personId"
@@ -19,7 +19,7 @@ CANDIDATES = 20
 
 
 def match_decision(
-    score: float, gallery_faces: int, meta: dict[str, Any], settings: Settings
+    distance: float, gallery_faces: int, meta: dict[str, Any], settings: Settings
 ) -> tuple[bool, float]:
     """isMatch and the gallery false-match rate, by the request's or the service's rule.
 
@@ -28,7 +28,8 @@ def match_decision(
     - `gallery` mode (default): also that the chance a stranger scores this high against
       `gallery_faces` faces, 1 - (1 - FAR(score))^N, is at most the target (1% by default).
     """
-    fmr = gallery_false_match_rate(score, gallery_faces)
+    score = score_from_distance(distance)
+    fmr = false_match_rate(distance, gallery_faces)
     if meta.get("threshold") is not None:
         return score >= float(meta["threshold"]), fmr
     if score < settings.match_threshold:
@@ -60,7 +61,7 @@ def recognition_result(
         raise FaceLibError(E.LIBRARY_EMPTY)
     best = rows[0]  # ordered by distance: the first row is the best face of the best person
     score = score_from_distance(float(best["distance"]))
-    is_match, fmr = match_decision(score, gallery_faces, meta, settings)
+    is_match, fmr = match_decision(float(best["distance"]), gallery_faces, meta, settings)
     data: dict[str, Any] = {
         "isMatch": "true" if is_match else "false",
         "score": format_score(score),
@@ -104,10 +105,11 @@ def duplicate_of(
     )
     if not rows:
         return None
-    score = score_from_distance(float(rows[0]["distance"]))
+    distance = float(rows[0]["distance"])
+    score = score_from_distance(distance)
     if score < settings.duplicate_score:
         return None
-    if gallery_false_match_rate(score, repo.count_faces(conn)) > settings.gallery_target:
+    if false_match_rate(distance, repo.count_faces(conn)) > settings.gallery_target:
         return None
     return score
 

@@ -35,6 +35,32 @@ def score_from_distance(distance: float) -> float:
     return float(np.clip(np.interp(distance, cal["_d"], cal["_s"]), 0.0, 100.0))
 
 
+def far_from_distance(distance: float) -> float:
+    """False-accept rate per comparison at this distance, also beyond the score's ceiling.
+
+    Up to score 100 (FAR 1e-6, the rarest rate LFW's 40 M impostor pairs measure) it is the
+    score's definition. Closer than that, the log-FAR tail is extended linearly in distance
+    with the slope of its last measured decade (scores 90 -> 100), so that a library of more
+    than 10,000 faces can still tell a near-identical face from a merely close one.
+    """
+    cal = calibration()
+    d, sc = cal["_d"], cal["_s"]
+    d100 = float(d[sc >= 100.0].max())
+    if distance >= d100:
+        return far_from_score(score_from_distance(distance))
+    d90 = float(np.interp(90.0, sc[::-1], d[::-1]))
+    decades = (d100 - distance) / max(d90 - d100, 1e-9)
+    return 1e-6 * 10.0 ** (-decades)
+
+
+def false_match_rate(distance: float, gallery_faces: int) -> float:
+    """Chance that a stranger comes at least this close to some face of a gallery of N."""
+    far = far_from_distance(distance)
+    if gallery_faces <= 0:
+        return 0.0
+    return -math.expm1(gallery_faces * math.log1p(-far)) if far < 1 else 1.0
+
+
 def far_from_score(score: float) -> float:
     """False-accept rate per comparison at this score (the score's definition)."""
     return min(1.0, 10 ** ((40.0 - score) / 10.0))

@@ -5,13 +5,22 @@ from __future__ import annotations
 import re
 from datetime import date
 
+import numpy as np
 import pytest
 
 from shared import crypto
 from shared.errors import ERRCODES, E, FaceLibError
 from shared.idnum import check_character, is_valid_id_num, make_id_num
 from shared.logs import redact
-from shared.score import far_from_score, format_score, gallery_false_match_rate, score_from_distance
+from shared.score import (
+    calibration,
+    false_match_rate,
+    far_from_distance,
+    far_from_score,
+    format_score,
+    gallery_false_match_rate,
+    score_from_distance,
+)
 from tests.conftest import ROOT
 
 
@@ -56,6 +65,21 @@ def test_score_is_monotone_and_states_the_false_accept_rate() -> None:
     assert gallery_false_match_rate(70, 1000) == pytest.approx(1 - (1 - 1e-3) ** 1000)
     assert gallery_false_match_rate(80, 100) < gallery_false_match_rate(80, 10_000)
     assert format_score(82.44) == "82.4"
+
+
+def test_false_match_rate_extends_past_the_score_ceiling() -> None:
+    """Gallery decisions for libraries over 10,000 faces need FARs below score 100's 1e-6."""
+    cal = calibration()
+    d100 = float(cal["_d"][cal["_s"] >= 100].max())
+    d80 = float(np.interp(80.0, cal["_s"][::-1], cal["_d"][::-1]))
+    assert far_from_distance(d80) == pytest.approx(1e-4, rel=1e-6)
+    assert far_from_distance(d100) == pytest.approx(1e-6, rel=1e-6)
+    closer = [far_from_distance(d100 * f) for f in (0.9, 0.6, 0.3)]
+    assert closer == sorted(closer, reverse=True) and closer[-1] < 1e-7
+    # a near-identical face stays a credible match in a library of 100,000 faces ...
+    assert false_match_rate(0.3 * d100, 100_000) < 0.01
+    # ... while a face at the score-80 distance does not
+    assert false_match_rate(d80, 100_000) > 0.99
 
 
 def test_every_errcode_is_documented_in_the_readme() -> None:
