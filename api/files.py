@@ -18,6 +18,7 @@ from flask import Blueprint, Response, g, request
 
 from api.auth import require_scope
 from api.envelope import respond
+from api.schemas import json_body
 from shared.errors import E, FaceLibError
 from shared.filestore import CONTENT_TYPE, checked_path, delete_file, read_file, store_upload
 from shared.settings import get_settings
@@ -42,7 +43,7 @@ def _uploaded_bytes(limit: int) -> bytes:
         if len(raw) > limit:
             raise _too_large(limit)
         return raw
-    body = request.get_json(silent=True)
+    body = json_body()
     if not isinstance(body, dict):
         raise FaceLibError(
             E.BODY_NOT_JSON,

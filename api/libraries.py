@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, g, request
+from flask import Blueprint, Response, g
 
 from api.auth import require_scope
 from api.envelope import respond
-from api.schemas import LibrarySchema, load
+from api.schemas import LibrarySchema, json_body, load
 from shared import repo
 from shared.db import transaction
 from shared.errors import E, FaceLibError
@@ -17,7 +17,7 @@ bp = Blueprint("libraries", __name__, url_prefix="/tech/ai/face/faceLib/library"
 @bp.post("/create")
 @require_scope("person:write")
 def create_library() -> Response:
-    params = load(LibrarySchema(), request.get_json(silent=True))
+    params = load(LibrarySchema(), json_body())
     with transaction() as conn:
         row = repo.create_library(conn, params["libId"], params["name"], g.client["id"])
     return respond({"libId": row["lib_id"], "name": row["name"]})
@@ -40,7 +40,7 @@ def list_libraries() -> Response:
 @bp.post("/delete")
 @require_scope("person:write")
 def delete_library() -> Response:
-    body = request.get_json(silent=True)
+    body = json_body()
     params = load(LibrarySchema(), body)
     with transaction() as conn:
         if not repo.delete_library(conn, params["libId"]):

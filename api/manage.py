@@ -13,12 +13,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, Response, g, request
+from flask import Blueprint, Response, g
 from marshmallow import EXCLUDE, Schema, fields, validate
 
 from api.auth import require_scope
 from api.envelope import respond
-from api.schemas import PERSON_TYPES, load, validated_id_num
+from api.schemas import PERSON_TYPES, json_body, load, validated_id_num
 from shared import persons, repo
 from shared.db import transaction
 from shared.errors import E, FaceLibError
@@ -112,7 +112,7 @@ def _id_num(body: Any, schema: Schema) -> tuple[dict[str, Any], str]:
 @require_scope("person:read")
 def get_person() -> Response:
     """A person's record by idNum: fields, number of faces, timestamps."""
-    _, id_num = _id_num(request.get_json(silent=True), PersonLookupSchema())
+    _, id_num = _id_num(json_body(), PersonLookupSchema())
     with transaction() as conn:
         person = _lookup(conn, id_num)
         data = {"idNum": repo.decrypt_id_num(get_settings(), person), **_person_data(person)}
@@ -123,7 +123,7 @@ def get_person() -> Response:
 @require_scope("person:write")
 def update_person() -> Response:
     """Change name, personType and/or customerID of a person ("" clears customerID)."""
-    params, id_num = _id_num(request.get_json(silent=True), PersonUpdateSchema())
+    params, id_num = _id_num(json_body(), PersonUpdateSchema())
     name = params["name"].strip() if params["name"] is not None else None
     if name == "":
         raise FaceLibError(E.PARAM_INVALID, detail="name: empty", data={"field": "name"})
@@ -152,7 +152,7 @@ def update_person() -> Response:
 @require_scope("person:write")
 def delete_person() -> Response:
     """Erase a person: record, faces, stored images, and every link to them (see shared/persons)."""
-    _, id_num = _id_num(request.get_json(silent=True), PersonLookupSchema())
+    _, id_num = _id_num(json_body(), PersonLookupSchema())
     # the audit row of an erasure does not point at the person it erased: it records who and when
     settings = get_settings()
     with transaction() as conn:
@@ -167,7 +167,7 @@ def delete_person() -> Response:
 @require_scope("person:read")
 def list_persons() -> Response:
     """Persons page by page, filtered by personType, customerID, name prefix, creation range."""
-    params = load(PersonListSchema(), request.get_json(silent=True))
+    params = load(PersonListSchema(), json_body())
     with transaction() as conn:
         rows, total = persons.list_persons(
             conn,
@@ -193,7 +193,7 @@ def list_persons() -> Response:
 @require_scope("person:read")
 def list_faces() -> Response:
     """The faces of a person (ids, boxes, quality, model; never the embeddings)."""
-    _, id_num = _id_num(request.get_json(silent=True), PersonLookupSchema())
+    _, id_num = _id_num(json_body(), PersonLookupSchema())
     with transaction() as conn:
         person = _lookup(conn, id_num)
         faces = persons.list_faces(conn, person["id"])
@@ -204,7 +204,7 @@ def list_faces() -> Response:
 @require_scope("person:write")
 def delete_face() -> Response:
     """Delete one face (and its stored image); the person stays, even with no face left."""
-    params = load(FaceDeleteSchema(), request.get_json(silent=True))
+    params = load(FaceDeleteSchema(), json_body())
     with transaction() as conn:
         face = persons.delete_face(conn, params["faceId"])
         if face is None:

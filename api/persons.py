@@ -15,6 +15,7 @@ from api.schemas import (
     RegisterSchema,
     VerifySchema,
     decode_self_image,
+    json_body,
     load,
     person_types,
     validated_id_num,
@@ -103,7 +104,7 @@ def _submit_job(kind: str, **fields: Any) -> tuple[dict[str, Any], bool]:
 @require_scope("face:register")
 def register() -> Response:
     """Register a verified person's face (sync, or async with a callback)."""
-    body = request.get_json(silent=True)
+    body = json_body()
     params = load(RegisterSchema(), body)
     id_num = validated_id_num(params["idNum"])
     settings = get_settings()
@@ -126,7 +127,7 @@ def register() -> Response:
 @require_scope("face:recognize")
 def recognize() -> Response:
     """Recognise a face: the enrolled person it belongs to, and the score."""
-    body = request.get_json(silent=True)
+    body = json_body()
     params = load(RecognizeSchema(), body)
     client = g.client
     meta: dict[str, Any] = {
@@ -145,7 +146,7 @@ def recognize() -> Response:
 @require_scope("face:recognize")
 def verify() -> Response:
     """1:1 verification: is this face the person with this idNum?"""
-    body = request.get_json(silent=True)
+    body = json_body()
     params = load(VerifySchema(), body)
     id_num = validated_id_num(params["idNum"])
     with transaction() as conn:

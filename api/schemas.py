@@ -8,6 +8,7 @@ import binascii
 import re
 from typing import Any
 
+from flask import request
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from shared.errors import E, FaceLibError
@@ -52,7 +53,10 @@ _THRESHOLD = fields.Float(load_default=None, validate=validate.Range(min=0, max=
 
 class RegisterSchema(_JobRequestSchema):
     idNum = fields.String(required=True)
-    name = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    name = fields.String(
+        required=True,
+        validate=[validate.Length(min=1, max=100), validate.Predicate("strip", error="blank")],
+    )
     personType = fields.String(required=True, validate=validate.OneOf(PERSON_TYPES))
     customerID = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
     libIds = _LIB_IDS
@@ -104,6 +108,12 @@ def _first_error(messages: Any, prefix: str = "") -> tuple[str, str]:
                 return _first_error(text, path)
             return path, str(text)
     return prefix or "body", str(messages)
+
+
+def json_body() -> Any:
+    """The request's JSON, whatever its Content-Type says (legacy clients often send none or
+    text/plain); None when the body is not JSON."""
+    return request.get_json(force=True, silent=True)
 
 
 def load(schema: Schema, body: Any) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from marshmallow import EXCLUDE, Schema, fields, validate
 
 from api.envelope import respond
 from api.extensions import limiter
-from api.schemas import load
+from api.schemas import json_body, load
 from shared import repo
 from shared.db import transaction
 from shared.settings import get_settings
@@ -27,7 +27,7 @@ class TokenRequestSchema(Schema):
 @limiter.limit("10/minute", key_func=lambda: f"token-ip:{request.remote_addr}")
 def issue_token() -> Response:
     """Issue a bearer token for `Authorization` (valid FACELIB_TOKEN_TTL_SECONDS)."""
-    params = load(TokenRequestSchema(), request.get_json(silent=True))
+    params = load(TokenRequestSchema(), json_body())
     settings = get_settings()
     with transaction() as conn:
         client = repo.client_by_credentials(conn, params["clientKey"], params["clientSecret"])

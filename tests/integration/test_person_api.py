@@ -314,6 +314,7 @@ def test_same_request_id_runs_once(stack: Stack, branch: dict) -> None:
         (lambda b: b["faceImage"].pop("data"), 2001, "faceImage.data"),
         (lambda b: b.update(personType="king"), 2002, "personType"),
         (lambda b: b.update(name=123), 2002, "name"),
+        (lambda b: b.update(name="   "), 2002, "name"),
         (lambda b: b.update({"async": "maybe"}), 2002, "async"),
         (lambda b: b["faceImage"].update(origin="ftp"), 2002, "faceImage.origin"),
         (lambda b: b.update(idNum="610102198001010000"), 2003, "idNum"),
@@ -342,6 +343,15 @@ def test_not_json_and_unknown_fields(stack: Stack, branch: dict) -> None:
     assert r.json()["errcode"] == 2004 and r.status_code == 400
     r = stack.post(RECONG, branch["token"], [1, 2])
     assert r.json()["errcode"] == 2004
+    # legacy clients often send JSON without (or with the wrong) Content-Type: accepted
+    plain = stack.post(
+        RECONG,
+        branch["token"],
+        None,
+        data=json.dumps(recong_body("!!!")).encode(),
+        headers={"Content-Type": "text/plain"},
+    )
+    assert plain.json()["errcode"] == 3002
     body = recong_body(face_b64("obama_2.jpg"), unknownField={"x": 1}, anotherOne=3)
     assert stack.post(RECONG, branch["token"], body).json()["errcode"] in (0, 5002)
 
