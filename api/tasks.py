@@ -14,6 +14,19 @@ from shared.jobs import job_envelope
 bp = Blueprint("tasks", __name__, url_prefix="/tech/ai/face/faceLib")
 
 
+def _delivery_json(row: dict) -> dict:
+    """One callback delivery as clients see it (in a poll and in the deliveries list)."""
+    return {
+        "deliveryId": row["id"],
+        "taskId": str(row["job_id"]),
+        "status": row["status"],
+        "attempts": row["attempts"],
+        "lastHttpStatus": row["last_http_status"],
+        "lastError": row["last_error"],
+        "createdAt": row["created_at"].isoformat(),
+    }
+
+
 @bp.get("/task/<task_id>")
 @require_scope("face:register", "face:recognize")
 def get_task(task_id: str) -> Response:
@@ -21,15 +34,7 @@ def get_task(task_id: str) -> Response:
     with transaction() as conn:
         job = repo.get_job(conn, task_id, g.client["id"])
         result = job_envelope(conn, job) if job and job["status"] in ("done", "failed") else None
-        delivery = (
-            conn.execute(
-                "SELECT id, status, attempts, last_http_status, last_error"
-                " FROM callback_deliveries WHERE job_id = %s",
-                (job["id"],),
-            ).fetchone()
-            if job
-            else None
-        )
+        delivery = repo.delivery_for_job(conn, job["id"]) if job else None
     if job is None:
         raise FaceLibError(E.TASK_NOT_FOUND)
     data = {
@@ -44,13 +49,7 @@ def get_task(task_id: str) -> Response:
     if result is not None:
         data["result"] = result
     if delivery:
-        data["callback"] = {
-            "deliveryId": delivery["id"],
-            "status": delivery["status"],
-            "attempts": delivery["attempts"],
-            "lastHttpStatus": delivery["last_http_status"],
-            "lastError": delivery["last_error"],
-        }
+        data["callback"] = _delivery_json(delivery)
     return respond(data)
 
 
@@ -66,24 +65,8 @@ def list_callbacks() -> Response:
     except ValueError:
         raise FaceLibError(E.PARAM_INVALID, detail="limit") from None
     with transaction() as conn:
-        rows = conn.execute(
-            "SELECT id, job_id, status, attempts, last_http_status, last_error, created_at,"
-            " delivered_at, dead_at FROM callback_deliveries WHERE client_id = %s"
-            " AND (%s::text IS NULL OR status = %s) ORDER BY id DESC LIMIT %s",
-            (g.client["id"], status, status, limit),
-        ).fetchall()
-    items = [
-        {
-            "deliveryId": r["id"],
-            "taskId": str(r["job_id"]),
-            "status": r["status"],
-            "attempts": r["attempts"],
-            "lastHttpStatus": r["last_http_status"],
-            "lastError": r["last_error"],
-            "createdAt": r["created_at"].isoformat(),
-        }
-        for r in rows
-    ]
+        rows = repo.list_deliveries(conn, g.client["id"], status, limit)
+    items = [_delivery_json(r) for r in rows]
     return respond({"items": items})
 
 

@@ -205,14 +205,23 @@ def cmd_client_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _named_client(conn: object, name: str) -> dict | None:
+    """The client called `name`, or None after telling the operator there is none."""
+    from shared import repo
+
+    client = repo.get_client_by_name(conn, name)  # type: ignore[arg-type]
+    if client is None:
+        print(f"no client named {name!r}", file=sys.stderr)
+    return client
+
+
 def cmd_client_rotate(args: argparse.Namespace) -> int:
     from shared import repo
     from shared.db import transaction
 
     with transaction() as conn:
-        client = repo.get_client_by_name(conn, args.name)
+        client = _named_client(conn, args.name)
         if client is None:
-            print(f"no client named {args.name!r}", file=sys.stderr)
             return 2
         secret = repo.rotate_callback_secret(conn, client["id"])
     print(
@@ -227,9 +236,8 @@ def cmd_token_issue(args: argparse.Namespace) -> int:
     from shared.settings import get_settings
 
     with transaction() as conn:
-        client = repo.get_client_by_name(conn, args.client)
+        client = _named_client(conn, args.client)
         if client is None:
-            print(f"no client named {args.client!r}", file=sys.stderr)
             return 2
         issued = repo.issue_token(conn, client["id"], args.ttl or get_settings().token_ttl_seconds)
     print(issued["token"])

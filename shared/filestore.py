@@ -281,7 +281,7 @@ def prepare_upload(
 # --- files rows and objects, together --------------------------------------------------------------
 
 
-def _lock_path(conn: psycopg.Connection, path: str) -> None:
+def lock_path(conn: psycopg.Connection, path: str) -> None:
     """Serialise upload, delete and purge of one path until the transaction ends."""
     conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (path,))
 
@@ -298,7 +298,7 @@ def store_upload(client_id: int, raw: bytes) -> tuple[dict[str, Any], bool]:
     )
     store = get_file_store()
     with transaction() as conn:
-        _lock_path(conn, prepared.path)
+        lock_path(conn, prepared.path)
         store.put(prepared.path, prepared.data, CONTENT_TYPE)
         row = conn.execute(
             "INSERT INTO files (client_id, path, sha256, size_bytes, original_size_bytes,"
@@ -362,7 +362,7 @@ def delete_file(client_id: int, path: str) -> None:
     """Delete this client's file (the object too, once no other client holds it)."""
     checked_path(path)
     with transaction() as conn:
-        _lock_path(conn, path)
+        lock_path(conn, path)
         cur = conn.execute(
             "DELETE FROM files WHERE client_id = %s AND path = %s", (client_id, path)
         )
@@ -401,7 +401,7 @@ def purge_unused_files(retention_days: float, batch: int = 500) -> dict[str, int
             ]
         for path in paths:
             with transaction() as conn:
-                _lock_path(conn, path)
+                lock_path(conn, path)
                 cur = conn.execute(
                     f"DELETE FROM files f WHERE f.path = %(path)s AND {_STALE}",  # noqa: S608 - constant SQL
                     {"path": path, "age": age},

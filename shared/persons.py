@@ -165,7 +165,7 @@ def _delete_stored_images(conn: psycopg.Connection, image_sha256s: list[bytes]) 
         return 0
     # the same per-path lock as uploads and purges (shared/filestore.py), so a concurrent upload
     # of the same photo cannot recreate a row whose object is being removed
-    from shared.filestore import _lock_path, get_file_store
+    from shared.filestore import get_file_store, lock_path
 
     paths = [
         r["path"]
@@ -176,7 +176,7 @@ def _delete_stored_images(conn: psycopg.Connection, image_sha256s: list[bytes]) 
     ]
     deleted = 0
     for path in paths:
-        _lock_path(conn, path)
+        lock_path(conn, path)
         deleted += conn.execute("DELETE FROM files WHERE path = %s", (path,)).rowcount
         get_file_store().delete(path)
     return deleted

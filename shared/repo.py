@@ -615,6 +615,29 @@ def due_deliveries(conn: psycopg.Connection, stale_after_seconds: float) -> list
     return [r["id"] for r in rows]
 
 
+DELIVERY_COLUMNS = (
+    "id, job_id, status, attempts, last_http_status, last_error, created_at, delivered_at, dead_at"
+)
+
+
+def delivery_for_job(conn: psycopg.Connection, job_id: uuid.UUID | str) -> dict[str, Any] | None:
+    return conn.execute(
+        f"SELECT {DELIVERY_COLUMNS} FROM callback_deliveries WHERE job_id = %s",  # noqa: S608
+        (job_id,),
+    ).fetchone()
+
+
+def list_deliveries(
+    conn: psycopg.Connection, client_id: int, status: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """A client's callback deliveries, newest first, optionally of one status."""
+    return conn.execute(
+        f"SELECT {DELIVERY_COLUMNS} FROM callback_deliveries WHERE client_id = %s"  # noqa: S608
+        " AND (%s::text IS NULL OR status = %s) ORDER BY id DESC LIMIT %s",
+        (client_id, status, status, limit),
+    ).fetchall()
+
+
 def replay_delivery(conn: psycopg.Connection, delivery_id: int, client_id: int) -> bool:
     """Put a dead (or delivered) delivery back in the queue for a fresh series of attempts."""
     cur = conn.execute(
