@@ -453,11 +453,29 @@ def count_gallery(
     library_ids: list[int] | None = None,
     person_types: list[str] | None = None,
 ) -> int:
-    """How many faces a search with these filters compares the probe with."""
-    where, params = _filter_sql(library_ids, person_types, None)
-    row = conn.execute("SELECT count(*) AS n FROM faces" + where, params).fetchone()  # noqa: S608
+    """How many faces a search with these filters compares the probe with.
+
+    Read from the trigger-maintained `gallery_counts` (sql/0008), never by counting faces. Exact
+    for the whole library, one library and any person types; with several libraries a person in
+    two of them is counted twice, so the figure is an upper bound (capped by the whole library),
+    which only makes falseMatchRate more cautious.
+    """
+    types = person_types or None  # NULL: every type
+    total = conn.execute(
+        "SELECT coalesce(sum(faces), 0) AS n FROM gallery_counts WHERE library_id = 0"
+        " AND (%(types)s::text[] IS NULL OR person_type = ANY(%(types)s))",
+        {"types": types},
+    ).fetchone()
+    assert total is not None
+    if not library_ids:
+        return int(total["n"])
+    row = conn.execute(
+        "SELECT coalesce(sum(faces), 0) AS n FROM gallery_counts WHERE library_id = ANY(%(libs)s)"
+        " AND (%(types)s::text[] IS NULL OR person_type = ANY(%(types)s))",
+        {"libs": library_ids, "types": types},
+    ).fetchone()
     assert row is not None
-    return int(row["n"])
+    return min(int(row["n"]), int(total["n"]))
 
 
 def person_distance(
