@@ -16,7 +16,14 @@ import psycopg
 
 log = logging.getLogger(__name__)
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+
+def _sql_dir() -> Path:
+    """`sql/` at the repository root in a checkout; `shared/sql` inside an installed wheel."""
+    packaged = Path(__file__).resolve().parent / "sql"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "sql"
+
+
+SQL_DIR = _sql_dir()
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _LOCK_ID = 0x66616365  # "face"
 
