@@ -33,6 +33,7 @@ import dataclasses
 import ipaddress
 import re
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -157,6 +158,13 @@ class _Target:
     address: list[IPAddress]
 
 
+def parse_url(url: str) -> tuple[str, str, int, str, str]:
+    """(scheme, host, port, target, host_header) of an http(s) URL, by the rules of step 1
+    (except the port rule, which is each caller's); FaceLibError IMAGE_URL_REFUSED if malformed."""
+    scheme, host, port, _, target, host_header = _parse(url)
+    return scheme, host, port, target, host_header
+
+
 def check_url_syntax(url: str) -> str | None:
     """Why `url` cannot be an image URL (None if its form is fine). No DNS, no I/O: the API's
     cheap check before it accepts a job."""
@@ -222,11 +230,22 @@ def _system_resolve(host: str, port: int) -> list[str]:
 
 
 def _resolve(host: str, port: int, policy: FetchPolicy, timeout: float) -> list[IPAddress]:
+    return resolve_host(host, port, timeout, policy.resolver)
+
+
+def resolve_host(
+    host: str, port: int, timeout: float, resolver: Resolver | None = None
+) -> list[IPAddress]:
+    """Every address `host` resolves to, resolved once, waiting at most `timeout` seconds.
+
+    FaceLibError 3006 when it does not resolve in time, 3007 for an answer that is no address.
+    Callers check the addresses and then connect only to them (`connect_pinned`).
+    """
     try:
         return [ipaddress.ip_address(host)]
     except ValueError:
         pass
-    resolver = policy.resolver or _system_resolve
+    resolver = resolver or _system_resolve
     # getaddrinfo has no timeout of its own: wait for it at most the time left
     future = _resolver_pool.submit(resolver, host, port)
     try:
@@ -260,6 +279,45 @@ def _check(url: str, policy: FetchPolicy, time_left: float) -> _Target:
         if port != DEFAULT_PORTS[scheme] and not exempt:
             raise _refused(f"port {port} is not the default port of {scheme}")
     return _Target(scheme, host, port, target, host_header, addrs)
+
+
+def connect_pinned(
+    scheme: str,
+    host: str,
+    addr: IPAddress,
+    port: int,
+    *,
+    timeout: float,
+    ca_certs: str | None = None,
+    on_socket: Callable[[socket.socket], None] | None = None,
+) -> socket.socket:
+    """A TCP connection to the already-checked `addr` (never a fresh DNS answer), TLS-wrapped
+    for https with SNI and certificate verification against the name `host`. No proxy.
+
+    `on_socket` is told each socket as it is made (the raw one, then the TLS one) so that a
+    caller's deadline watchdog can shut it down mid-handshake. OSError (ssl.SSLError included)
+    on failure.
+    """
+    sock = socket.create_connection((str(addr), port), timeout=max(0.01, timeout))
+    try:
+        if on_socket is not None:
+            on_socket(sock)
+        if scheme != "https":
+            return sock
+        ctx = ssl.create_default_context(cafile=ca_certs)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        tls = ctx.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        if on_socket is not None:
+            on_socket(tls)
+        tls.do_handshake()
+    except BaseException:
+        tls.close()
+        raise
+    return tls
 
 
 def _open(t: _Target, addr: IPAddress, policy: FetchPolicy, time_left: float):  # noqa: ANN202
