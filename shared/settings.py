@@ -102,7 +102,7 @@ class Settings:
     max_image_pixels: int = 25_000_000
     # Decoding: the estimated peak memory of one decode (pixels x bytes per pixel of its mode,
     # shared/imaging.py), and how many decodes run at once per process (then 7002 after a wait).
-    max_decode_bytes: int = 128 * 1024 * 1024
+    max_decode_bytes: int = 192 * 1024 * 1024
     decode_concurrency: int = 2
     decode_wait_seconds: float = 5.0
     min_face_px: int = 80
@@ -228,7 +228,7 @@ def load_settings() -> Settings:
         max_base64_bytes=_int("FACELIB_MAX_BASE64_BYTES", 400 * 1024),
         max_request_bytes=_int("FACELIB_MAX_REQUEST_BYTES", 1024 * 1024),
         max_image_pixels=_int("FACELIB_MAX_IMAGE_PIXELS", 25_000_000),
-        max_decode_bytes=_int("FACELIB_MAX_DECODE_BYTES", 128 * 1024 * 1024),
+        max_decode_bytes=_int("FACELIB_MAX_DECODE_BYTES", 192 * 1024 * 1024),
         decode_concurrency=_positive(
             "FACELIB_DECODE_CONCURRENCY", _int("FACELIB_DECODE_CONCURRENCY", 2)
         ),

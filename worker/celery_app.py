@@ -12,6 +12,7 @@ from typing import Any
 from celery.signals import celeryd_after_setup, worker_process_init
 
 from shared.db import close_pool
+from shared.imaging import configure_decodes
 from shared.logs import configure_logging
 from shared.queue import QUEUE_FACES, make_celery
 from shared.settings import get_settings
@@ -39,6 +40,7 @@ def _note_queues(instance: Any = None, **_: object) -> None:
 def _init_worker_process(**_: object) -> None:
     s = get_settings()
     configure_logging(s.log_level)
+    configure_decodes(s.decode_concurrency, s.decode_wait_seconds)
     close_pool()  # never reuse the parent's connections in a forked child
     if _serves_faces:
         from worker.tasks import engine

@@ -54,6 +54,7 @@ def engine() -> FaceEngine:
     return get_engine(
         EngineConfig(
             max_pixels=s.max_image_pixels,
+            max_decode_bytes=s.max_decode_bytes,
             min_face_px=s.min_face_px,
             num_jitters=s.num_jitters,
             backend=s.embedding_backend,
