@@ -37,7 +37,6 @@ import json
 import re
 import socket
 import ssl
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -52,6 +51,7 @@ from shared.safe_fetch import (
     IPAddress,
     IPNetwork,
     Resolver,
+    Watchdog,
     connect_pinned,
     parse_url,
     resolve_host,
@@ -200,39 +200,6 @@ def callback_url_problem(
     return None
 
 
-class _Watchdog:
-    """Shuts the current socket down at the deadline, whatever it is blocked in."""
-
-    def __init__(self, seconds: float) -> None:
-        self._lock = threading.Lock()
-        self._sock: socket.socket | None = None
-        self.fired = False
-        self._timer = threading.Timer(max(0.0, seconds), self._fire)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def watch(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._sock = sock
-        if self.fired:
-            self._fire()
-
-    def _fire(self) -> None:
-        with self._lock:
-            self.fired = True
-            if self._sock is not None:
-                try:
-                    # the plain socket's shutdown, also for a TLS socket: the fd, not TLS state
-                    socket.socket.shutdown(self._sock, socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def stop(self) -> None:
-        self._timer.cancel()
-        with self._lock:
-            self._sock = None
-
-
 def _exchange(sock: socket.socket, request: bytes, policy: CallbackPolicy, deadline: float) -> int:
     """Send the request, read the status line (at most max_reply_bytes), return the status."""
     sock.settimeout(max(0.01, deadline - time.monotonic()))
@@ -275,16 +242,15 @@ def deliver(
         left = deadline - time.monotonic()
         if left <= 0:
             break
-        watchdog = _Watchdog(left)
-        sock: socket.socket | None = None
+        watchdog = Watchdog(left)
+        made: list[socket.socket] = []
 
-        def keep(s: socket.socket, w: _Watchdog = watchdog) -> None:
-            nonlocal sock
-            sock = s
-            w.watch(s)
+        def keep(sock: socket.socket, w: Watchdog = watchdog, made: list = made) -> None:
+            made.append(sock)
+            w.watch(sock)
 
         try:
-            connect_pinned(
+            sock = connect_pinned(
                 scheme,
                 host,
                 addr,
@@ -293,23 +259,18 @@ def deliver(
                 ca_certs=policy.ca_certs,
                 on_socket=keep,
             )
-        except ssl.SSLError as exc:
+        except OSError as exc:  # ssl.SSLError included
             watchdog.stop()
-            if sock is not None:
-                sock.close()
+            for s in made:
+                s.close()
             if watchdog.fired:
                 break
-            return None, f"TLS: {exc.reason or type(exc).__name__}"
-        except OSError as exc:
-            watchdog.stop()
-            if sock is not None:
-                sock.close()
-            if watchdog.fired:
-                break
+            if isinstance(exc, ssl.SSLError):
+                return None, f"TLS: {exc.reason or type(exc).__name__}"
             last_error = f"connect failed ({_reason(exc)})"
             continue
         try:
-            status = _exchange(sock, request, policy, deadline)  # type: ignore[arg-type]
+            status = _exchange(sock, request, policy, deadline)
         except (OSError, ValueError) as exc:
             if watchdog.fired or isinstance(exc, TimeoutError):
                 return None, f"timed out: no reply within {policy.deadline:g} s"
@@ -318,7 +279,7 @@ def deliver(
             return None, f"connection broken ({_reason(exc)})"
         finally:
             watchdog.stop()
-            sock.close()  # type: ignore[union-attr]
+            sock.close()
         if 200 <= status < 300:
             return status, None
         return status, f"HTTP {status}"

@@ -31,15 +31,18 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import ipaddress
+import os
 import re
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
 import urllib3
+import urllib3.connection
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from shared.errors import E, FaceLibError
@@ -320,14 +323,100 @@ def connect_pinned(
     return tls
 
 
-def _open(t: _Target, addr: IPAddress, policy: FetchPolicy, time_left: float):  # noqa: ANN202
+class Watchdog:
+    """Shuts down every socket it watches once `seconds` have passed, whatever the socket is
+    blocked in (connect, TLS handshake, a status line dripped a byte per read timeout): the
+    one thing that makes a deadline overall. It keeps a duplicate of each socket's descriptor,
+    so it still reaches a socket that TLS has wrapped since."""
+
+    def __init__(self, seconds: float) -> None:
+        self._lock = threading.Lock()
+        self._fds: list[int] = []
+        self.fired = False
+        self._timer = threading.Timer(max(0.0, seconds), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            fd = os.dup(sock.fileno())
+            self._fds.append(fd)
+            if self.fired:
+                _shutdown_fd(fd)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            for fd in self._fds:
+                _shutdown_fd(fd)
+
+    def stop(self) -> None:
+        self._timer.cancel()
+        with self._lock:
+            for fd in self._fds:
+                os.close(fd)
+            self._fds.clear()
+
+
+def _shutdown_fd(fd: int) -> None:
+    s = socket.socket(fileno=fd)
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        s.detach()  # the descriptor stays open until Watchdog.stop closes it
+
+
+class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
+    def __init__(self, *args: object, watchdog: Watchdog | None = None, **kw: object) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        self._watchdog = watchdog
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        if self._watchdog is not None:
+            self._watchdog.watch(sock)
+        return sock
+
+
+class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def __init__(self, *args: object, watchdog: Watchdog | None = None, **kw: object) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        self._watchdog = watchdog
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        if self._watchdog is not None:
+            self._watchdog.watch(sock)
+        return sock
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+def _open(  # noqa: ANN202
+    t: _Target, addr: IPAddress, policy: FetchPolicy, time_left: float, watchdog: Watchdog
+):
     timeout = urllib3.Timeout(
         connect=max(0.01, min(policy.connect_timeout, time_left)),
         read=max(0.01, min(policy.read_timeout, time_left)),
     )
-    common = {"port": t.port, "timeout": timeout, "retries": False, "maxsize": 1, "block": False}
+    common = {
+        "port": t.port,
+        "timeout": timeout,
+        "retries": False,
+        "maxsize": 1,
+        "block": False,
+        "watchdog": watchdog,  # passed on to each connection the pool makes
+    }
     if t.scheme == "https":
-        pool: urllib3.HTTPConnectionPool = urllib3.HTTPSConnectionPool(
+        pool: urllib3.HTTPConnectionPool = _HTTPSPool(
             str(addr),
             cert_reqs="CERT_REQUIRED",
             ca_certs=policy.ca_certs,
@@ -336,7 +425,7 @@ def _open(t: _Target, addr: IPAddress, policy: FetchPolicy, time_left: float):  
             **common,
         )
     else:
-        pool = urllib3.HTTPConnectionPool(str(addr), **common)
+        pool = _HTTPPool(str(addr), **common)
     headers = {
         "Host": t.host_header,
         "User-Agent": USER_AGENT,
@@ -387,6 +476,14 @@ def _read_capped(resp, policy: FetchPolicy, deadline: float) -> bytes:  # noqa: 
 def fetch(url: str, policy: FetchPolicy) -> FetchResult:
     """GET `url` under `policy`; the body bytes, or a FaceLibError (3007, 3006 or 3001)."""
     deadline = time.monotonic() + policy.deadline
+    watchdog = Watchdog(policy.deadline)
+    try:
+        return _fetch(url, policy, deadline, watchdog)
+    finally:
+        watchdog.stop()
+
+
+def _fetch(url: str, policy: FetchPolicy, deadline: float, watchdog: Watchdog) -> FetchResult:
     current = url
     for hop in range(policy.max_redirects + 1):
         t = _check(current, policy, deadline - time.monotonic())
@@ -398,7 +495,7 @@ def fetch(url: str, policy: FetchPolicy) -> FetchResult:
                 if left <= 0:
                     break
                 try:
-                    pool, resp = _open(t, addr, policy, left)
+                    pool, resp = _open(t, addr, policy, left, watchdog)
                     break
                 except Urllib3Error as exc:
                     last_error = exc
