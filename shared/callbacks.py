@@ -172,7 +172,7 @@ def _target(url: str, policy: CallbackPolicy, time_left: float) -> tuple[Any, ..
     try:
         scheme, host, port, path, host_header = parse_url(url)
     except FaceLibError as err:
-        raise CallbackRefused(f"callback URL refused: {err.detail}") from None
+        raise CallbackRefused(err.detail or "malformed URL") from None
     addrs = resolve_host(host, port, time_left, policy.resolver)
     policy.check(scheme, host, port, addrs)
     return scheme, host, port, path, host_header, addrs
