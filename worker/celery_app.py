@@ -46,3 +46,4 @@ def _init_worker_process(**_: object) -> None:
         from worker.tasks import engine
 
         engine()  # load dlib models now, so the first job doesn't pay for it
+    log.info("worker process ready (face models loaded: %s)", _serves_faces)
