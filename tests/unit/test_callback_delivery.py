@@ -36,14 +36,16 @@ from tests.unit.test_safe_fetch import _tls_files
 
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # a test secret, base64 after the prefix
 LOCAL = CallbackPolicy(allow_private=True, deadline=5.0)
-PUBLIC_ADDR = "93.184.215.14"  # any global address; nothing in the test listens there
+# A global address (IANA's example.com); a rebinding test's pinned connection goes there and
+# fails, which is the point: nothing of the test's listens there.
+PUBLIC_ADDR = "93.184.215.14"
 
 
 class Receiver:
     """A real HTTP receiver on 127.0.0.1 with one behaviour per path; `hits` counts requests
     and `sent` the reply bytes it managed to write."""
 
-    def __init__(self, tls: Any = None) -> None:
+    def __init__(self, tls: Any = None, host: str = "127.0.0.1", port: int = 0) -> None:
         self.hits: list[dict[str, Any]] = []
         self.sent = 0
         receiver = self
@@ -97,12 +99,12 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer((host, port), Handler)
         self.server.daemon_threads = True
         if tls is not None:
             self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_port
-        self.base = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self.base = f"{'https' if tls else 'http'}://{host}:{self.port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:
@@ -156,6 +158,36 @@ def test_a_rebinding_name_is_resolved_once_and_never_reaches_loopback(
     assert status is None and error is not None
     assert rx.hits == []
     assert lookups == ["rebind.test"]  # one resolution per attempt, whatever happens after
+
+
+def test_the_connection_goes_to_the_checked_answer_not_a_later_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same with a receiver at the checked address: an intranet receiver on 127.0.0.2
+    (allowlisted) and, on the same port of 127.0.0.1, the target a rebinding name points at
+    next. The signed payload reaches the first, nothing reaches the second."""
+    intranet = Receiver(host="127.0.0.2")
+    target = Receiver(host="127.0.0.1", port=intranet.port)
+    real = socket.getaddrinfo
+    lookups: list[str] = []
+
+    def rebinding(host: str, port: Any, *args: Any, **kw: Any) -> Any:
+        if host != "hooks.intranet":
+            return real(host, port, *args, **kw)
+        lookups.append(host)
+        addr = "127.0.0.2" if len(lookups) == 1 else "127.0.0.1"
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (addr, int(port)))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    try:
+        policy = CallbackPolicy(allowlist=parse_allowlist([f"127.0.0.2/32:{intranet.port}"]))
+        assert post(f"http://hooks.intranet:{intranet.port}/ok", policy)[:2] == (204, None)
+        assert len(intranet.hits) == 1 and target.hits == []
+        assert Webhook(SECRET).verify(intranet.hits[0]["body"], intranet.hits[0]["headers"])
+        assert lookups == ["hooks.intranet"]
+    finally:
+        intranet.close()
+        target.close()
 
 
 def test_a_name_that_answers_loopback_first_is_refused_before_connecting(
