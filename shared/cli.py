@@ -69,10 +69,16 @@ def start_backing_services(var: Path) -> list:
     return started
 
 
-def worker_command(concurrency: int, beat_schedule: Path | None) -> list[str]:
+def worker_command(
+    concurrency: int, beat_schedule: Path | None, queues: str = "faces,callbacks"
+) -> list[str]:
+    """A Celery worker serving `queues`. `facelib up` and the test stack run two pools: "faces"
+    (with beat) and "callbacks" (deliveries, sweep, purge), so that no callback receiver,
+    however slow, holds a process that face jobs need."""
+    name = queues.split(",")[0]
     cmd = [
         sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-        "--concurrency", str(concurrency), "--queues", "faces,callbacks",
+        "--concurrency", str(concurrency), "--queues", queues, "--hostname", f"{name}@%h",
         "--loglevel", os.environ.get("FACELIB_LOG_LEVEL", "INFO"), "--without-gossip",
     ]  # fmt: skip
     if beat_schedule is not None:
@@ -110,9 +116,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         procs.append(
             subprocess.Popen(
-                worker_command(args.concurrency, var / "celerybeat-schedule"), cwd=ROOT
+                worker_command(args.concurrency, var / "celerybeat-schedule", "faces"), cwd=ROOT
             )
         )
+        callbacks_pool = worker_command(settings.callback_concurrency, None, "callbacks")
+        procs.append(subprocess.Popen(callbacks_pool, cwd=ROOT))
         procs.append(subprocess.Popen(api_command(settings.port), cwd=ROOT))
         url = f"http://127.0.0.1:{settings.port}"
         if _wait_ready(url, timeout=120, procs=procs):

@@ -40,7 +40,17 @@ from PIL import (
 
 from shared.db import transaction
 from shared.errors import E, FaceLibError
-from shared.imaging import DECODE_ERRORS, exif_upright, open_checked, to_rgb
+from shared.imaging import (
+    DECODE_ERRORS,
+    DEFAULT_MAX_DECODE_BYTES,
+    check_decode_cost,
+    configure_decodes,
+    decode_slot,
+    draft_within_budget,
+    exif_upright,
+    open_checked,
+    to_rgb,
+)
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -236,12 +246,20 @@ class PreparedImage:
 
 
 def prepare_upload(
-    raw: bytes, *, max_bytes: int, max_pixels: int, max_side: int, quality: int
+    raw: bytes,
+    *,
+    max_bytes: int,
+    max_pixels: int,
+    max_side: int,
+    quality: int,
+    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
 ) -> PreparedImage:
     """Check an uploaded image and re-encode it: upright, longest side <= max_side, JPEG.
 
     Raises FaceLibError: IMAGE_TOO_LARGE (bytes), IMAGE_UNDECODABLE (not an image, truncated),
-    IMAGE_TOO_MANY_PIXELS (width*height from the header, before decoding), IMAGE_TOO_SMALL.
+    IMAGE_TOO_MANY_PIXELS (width*height, or the decode's memory estimate over
+    `max_decode_bytes`, from the header before decoding), IMAGE_TOO_SMALL, BUSY (all of the
+    process's decode slots taken for FACELIB_DECODE_WAIT_SECONDS).
     """
     if len(raw) > max_bytes:
         raise FaceLibError(
@@ -249,21 +267,21 @@ def prepare_upload(
             errmsg=f"image too large: an upload must be at most {max_bytes} bytes",
         )
     with open_checked(raw, max_pixels=max_pixels, min_side=MIN_SIDE) as im:
-        w, h = im.size
+        # JPEG: decode at a reduced DCT scale; both sides stay >= max_side, so the final
+        # Lanczos resize still sets the quality (coarser only if the budget demands it)
+        draft_within_budget(im, max_decode_bytes, (max_side, max_side))
+        check_decode_cost(im, max_decode_bytes)
         try:
-            if im.format in ("JPEG", "MPO") and min(w, h) >= 2 * max_side:
-                # decode at a reduced DCT scale; both sides stay >= max_side, so the final
-                # Lanczos resize still sets the quality
-                im.draft("RGB", (max_side, max_side))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                im.load()
-            upright, _ = exif_upright(im)
-            rgb = to_rgb(upright)
-            if max(rgb.size) > max_side:
-                rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-            out = io.BytesIO()
-            rgb.save(out, "JPEG", quality=quality, optimize=True)  # no EXIF, no ICC: dropped
+            with decode_slot():
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    im.load()
+                upright, _ = exif_upright(im)
+                rgb = to_rgb(upright)
+                if max(rgb.size) > max_side:
+                    rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+                out = io.BytesIO()
+                rgb.save(out, "JPEG", quality=quality, optimize=True)  # no EXIF, no ICC
         except Image.DecompressionBombError as exc:
             raise FaceLibError(E.IMAGE_TOO_MANY_PIXELS, detail="over the decoder's limit") from exc
         except DECODE_ERRORS as exc:
@@ -289,12 +307,14 @@ def lock_path(conn: psycopg.Connection, path: str) -> None:
 def store_upload(client_id: int, raw: bytes) -> tuple[dict[str, Any], bool]:
     """Prepare, store and record an upload. Returns (files row, created: False if a re-upload)."""
     s = get_settings()
+    configure_decodes(s.decode_concurrency, s.decode_wait_seconds)
     prepared = prepare_upload(
         raw,
         max_bytes=s.upload_max_bytes,
         max_pixels=s.max_image_pixels,
         max_side=s.upload_max_side,
         quality=s.upload_jpeg_quality,
+        max_decode_bytes=s.max_decode_bytes,
     )
     store = get_file_store()
     with transaction() as conn:

@@ -31,14 +31,18 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import ipaddress
+import os
 import re
 import socket
+import ssl
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
 import urllib3
+import urllib3.connection
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from shared.errors import E, FaceLibError
@@ -157,6 +161,13 @@ class _Target:
     address: list[IPAddress]
 
 
+def parse_url(url: str) -> tuple[str, str, int, str, str]:
+    """(scheme, host, port, target, host_header) of an http(s) URL, by the rules of step 1
+    (except the port rule, which is each caller's); FaceLibError IMAGE_URL_REFUSED if malformed."""
+    scheme, host, port, _, target, host_header = _parse(url)
+    return scheme, host, port, target, host_header
+
+
 def check_url_syntax(url: str) -> str | None:
     """Why `url` cannot be an image URL (None if its form is fine). No DNS, no I/O: the API's
     cheap check before it accepts a job."""
@@ -222,11 +233,22 @@ def _system_resolve(host: str, port: int) -> list[str]:
 
 
 def _resolve(host: str, port: int, policy: FetchPolicy, timeout: float) -> list[IPAddress]:
+    return resolve_host(host, port, timeout, policy.resolver)
+
+
+def resolve_host(
+    host: str, port: int, timeout: float, resolver: Resolver | None = None
+) -> list[IPAddress]:
+    """Every address `host` resolves to, resolved once, waiting at most `timeout` seconds.
+
+    FaceLibError 3006 when it does not resolve in time, 3007 for an answer that is no address.
+    Callers check the addresses and then connect only to them (`connect_pinned`).
+    """
     try:
         return [ipaddress.ip_address(host)]
     except ValueError:
         pass
-    resolver = policy.resolver or _system_resolve
+    resolver = resolver or _system_resolve
     # getaddrinfo has no timeout of its own: wait for it at most the time left
     future = _resolver_pool.submit(resolver, host, port)
     try:
@@ -262,14 +284,139 @@ def _check(url: str, policy: FetchPolicy, time_left: float) -> _Target:
     return _Target(scheme, host, port, target, host_header, addrs)
 
 
-def _open(t: _Target, addr: IPAddress, policy: FetchPolicy, time_left: float):  # noqa: ANN202
+def connect_pinned(
+    scheme: str,
+    host: str,
+    addr: IPAddress,
+    port: int,
+    *,
+    timeout: float,
+    ca_certs: str | None = None,
+    on_socket: Callable[[socket.socket], None] | None = None,
+) -> socket.socket:
+    """A TCP connection to the already-checked `addr` (never a fresh DNS answer), TLS-wrapped
+    for https with SNI and certificate verification against the name `host`. No proxy.
+
+    `on_socket` is told each socket as it is made (the raw one, then the TLS one) so that a
+    caller's deadline watchdog can shut it down mid-handshake. OSError (ssl.SSLError included)
+    on failure.
+    """
+    sock = socket.create_connection((str(addr), port), timeout=max(0.01, timeout))
+    try:
+        if on_socket is not None:
+            on_socket(sock)
+        if scheme != "https":
+            return sock
+        ctx = ssl.create_default_context(cafile=ca_certs)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        tls = ctx.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        if on_socket is not None:
+            on_socket(tls)
+        tls.do_handshake()
+    except BaseException:
+        tls.close()
+        raise
+    return tls
+
+
+class Watchdog:
+    """Shuts down every socket it watches once `seconds` have passed, whatever the socket is
+    blocked in (connect, TLS handshake, a status line dripped a byte per read timeout): the
+    one thing that makes a deadline overall. It keeps a duplicate of each socket's descriptor,
+    so it still reaches a socket that TLS has wrapped since."""
+
+    def __init__(self, seconds: float) -> None:
+        self._lock = threading.Lock()
+        self._fds: list[int] = []
+        self.fired = False
+        self._timer = threading.Timer(max(0.0, seconds), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            fd = os.dup(sock.fileno())
+            self._fds.append(fd)
+            if self.fired:
+                _shutdown_fd(fd)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            for fd in self._fds:
+                _shutdown_fd(fd)
+
+    def stop(self) -> None:
+        self._timer.cancel()
+        with self._lock:
+            for fd in self._fds:
+                os.close(fd)
+            self._fds.clear()
+
+
+def _shutdown_fd(fd: int) -> None:
+    s = socket.socket(fileno=fd)
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        s.detach()  # the descriptor stays open until Watchdog.stop closes it
+
+
+class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
+    def __init__(self, *args: object, watchdog: Watchdog | None = None, **kw: object) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        self._watchdog = watchdog
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        if self._watchdog is not None:
+            self._watchdog.watch(sock)
+        return sock
+
+
+class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def __init__(self, *args: object, watchdog: Watchdog | None = None, **kw: object) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        self._watchdog = watchdog
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        if self._watchdog is not None:
+            self._watchdog.watch(sock)
+        return sock
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+def _open(  # noqa: ANN202
+    t: _Target, addr: IPAddress, policy: FetchPolicy, time_left: float, watchdog: Watchdog
+):
     timeout = urllib3.Timeout(
         connect=max(0.01, min(policy.connect_timeout, time_left)),
         read=max(0.01, min(policy.read_timeout, time_left)),
     )
-    common = {"port": t.port, "timeout": timeout, "retries": False, "maxsize": 1, "block": False}
+    common = {
+        "port": t.port,
+        "timeout": timeout,
+        "retries": False,
+        "maxsize": 1,
+        "block": False,
+        "watchdog": watchdog,  # passed on to each connection the pool makes
+    }
     if t.scheme == "https":
-        pool: urllib3.HTTPConnectionPool = urllib3.HTTPSConnectionPool(
+        pool: urllib3.HTTPConnectionPool = _HTTPSPool(
             str(addr),
             cert_reqs="CERT_REQUIRED",
             ca_certs=policy.ca_certs,
@@ -278,7 +425,7 @@ def _open(t: _Target, addr: IPAddress, policy: FetchPolicy, time_left: float):  
             **common,
         )
     else:
-        pool = urllib3.HTTPConnectionPool(str(addr), **common)
+        pool = _HTTPPool(str(addr), **common)
     headers = {
         "Host": t.host_header,
         "User-Agent": USER_AGENT,
@@ -329,6 +476,14 @@ def _read_capped(resp, policy: FetchPolicy, deadline: float) -> bytes:  # noqa: 
 def fetch(url: str, policy: FetchPolicy) -> FetchResult:
     """GET `url` under `policy`; the body bytes, or a FaceLibError (3007, 3006 or 3001)."""
     deadline = time.monotonic() + policy.deadline
+    watchdog = Watchdog(policy.deadline)
+    try:
+        return _fetch(url, policy, deadline, watchdog)
+    finally:
+        watchdog.stop()
+
+
+def _fetch(url: str, policy: FetchPolicy, deadline: float, watchdog: Watchdog) -> FetchResult:
     current = url
     for hop in range(policy.max_redirects + 1):
         t = _check(current, policy, deadline - time.monotonic())
@@ -340,7 +495,7 @@ def fetch(url: str, policy: FetchPolicy) -> FetchResult:
                 if left <= 0:
                     break
                 try:
-                    pool, resp = _open(t, addr, policy, left)
+                    pool, resp = _open(t, addr, policy, left, watchdog)
                     break
                 except Urllib3Error as exc:
                     last_error = exc

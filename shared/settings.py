@@ -100,6 +100,11 @@ class Settings:
     max_base64_bytes: int = 400 * 1024
     max_request_bytes: int = 1024 * 1024
     max_image_pixels: int = 25_000_000
+    # Decoding: the estimated peak memory of one decode (pixels x bytes per pixel of its mode,
+    # shared/imaging.py), and how many decodes run at once per process (then 7002 after a wait).
+    max_decode_bytes: int = 192 * 1024 * 1024
+    decode_concurrency: int = 2
+    decode_wait_seconds: float = 5.0
     min_face_px: int = 80
     embedding_backend: str = "onnx"
     backend_threads: int = 1
@@ -109,6 +114,9 @@ class Settings:
     callback_schedule: tuple[int, ...] = (5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
     callback_timeout_seconds: float = 10.0
     callback_allow_private: bool = False
+    # host[:port] / IP[:port] / CIDR[:port] exempt from the callback address (and port) rule
+    callback_allowlist: tuple[str, ...] = ()
+    callback_concurrency: int = 4  # processes of the callbacks worker pool (`facelib up`)
     sweep_interval_seconds: float = 5.0
     queue_max_depth: int = 10_000
     rate_limit: str = "50/second;1000/minute"
@@ -161,6 +169,24 @@ def _allowlist(raw: str) -> tuple[str, ...]:
     return tuple(entries)
 
 
+def _callback_allowlist(raw: str) -> tuple[str, ...]:
+    """FACELIB_CALLBACK_ALLOWLIST: comma-separated name, IP or CIDR, each optionally :port."""
+    from shared.callbacks import parse_allowlist
+
+    entries = tuple(e.strip() for e in raw.split(",") if e.strip())
+    try:
+        parse_allowlist(entries)
+    except ValueError as exc:
+        raise SettingsError(f"FACELIB_CALLBACK_ALLOWLIST: {exc}") from None
+    return entries
+
+
+def _positive(name: str, value: int) -> int:
+    if value < 1:
+        raise SettingsError(f"{name} must be at least 1, got {value}")
+    return value
+
+
 def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     value = (_env(name, default) or default).strip().lower()
     if value not in choices:
@@ -202,6 +228,11 @@ def load_settings() -> Settings:
         max_base64_bytes=_int("FACELIB_MAX_BASE64_BYTES", 400 * 1024),
         max_request_bytes=_int("FACELIB_MAX_REQUEST_BYTES", 1024 * 1024),
         max_image_pixels=_int("FACELIB_MAX_IMAGE_PIXELS", 25_000_000),
+        max_decode_bytes=_int("FACELIB_MAX_DECODE_BYTES", 192 * 1024 * 1024),
+        decode_concurrency=_positive(
+            "FACELIB_DECODE_CONCURRENCY", _int("FACELIB_DECODE_CONCURRENCY", 2)
+        ),
+        decode_wait_seconds=_float("FACELIB_DECODE_WAIT_SECONDS", 5.0),
         min_face_px=_int("FACELIB_MIN_FACE_PX", 80),
         embedding_backend=_choice("FACELIB_EMBEDDING_BACKEND", "onnx", ("onnx", "dlib")),
         backend_threads=_int("FACELIB_BACKEND_THREADS", 1),
@@ -213,6 +244,10 @@ def load_settings() -> Settings:
         ),
         callback_timeout_seconds=_float("FACELIB_CALLBACK_TIMEOUT_SECONDS", 10.0),
         callback_allow_private=_bool("FACELIB_CALLBACK_ALLOW_PRIVATE", False),
+        callback_allowlist=_callback_allowlist(_env("FACELIB_CALLBACK_ALLOWLIST", "") or ""),
+        callback_concurrency=_positive(
+            "FACELIB_CALLBACK_CONCURRENCY", _int("FACELIB_CALLBACK_CONCURRENCY", 4)
+        ),
         sweep_interval_seconds=_float("FACELIB_SWEEP_INTERVAL_SECONDS", 5.0),
         queue_max_depth=_int("FACELIB_QUEUE_MAX_DEPTH", 10_000),
         rate_limit=_env("FACELIB_RATE_LIMIT", "50/second;1000/minute") or "50/second",

@@ -162,11 +162,16 @@ class Stack:
             self.procs.pop(f"api-extra-{port}", None)
 
     def start_worker(
-        self, concurrency: int = 2, beat: bool = True, name: str | None = None
+        self,
+        concurrency: int = 2,
+        beat: bool = True,
+        name: str | None = None,
+        queues: str = "faces,callbacks",
     ) -> subprocess.Popen:
         from shared.cli import worker_command
 
-        cmd = worker_command(concurrency, self.log_dir / "beat-schedule" if beat else None)
+        beat_schedule = self.log_dir / "beat-schedule" if beat else None
+        cmd = worker_command(concurrency, beat_schedule, queues)
         return self.spawn(name or f"worker-{len(self.procs)}", cmd)
 
     def wait_workers(self, timeout: float = 90) -> None:
@@ -260,7 +265,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
     st = Stack(f"http://127.0.0.1:{port}", database_url, redis_url, env, log_dir)
     st.start_api()
-    st.start_worker()
+    # two pools, as `facelib up` runs them: face jobs, and callbacks (+ sweep, purge)
+    st.start_worker(queues="faces")
+    st.start_worker(concurrency=2, beat=False, name="callbacks-worker", queues="callbacks")
     try:
         st.wait_workers()
         yield st

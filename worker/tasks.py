@@ -20,7 +20,7 @@ import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
 from shared import crypto, repo
-from shared.callbacks import post_callback
+from shared.callbacks import CallbackPolicy, post_callback
 from shared.db import transaction
 from shared.errors import E, FaceLibError
 from shared.jobs import send_job
@@ -54,6 +54,7 @@ def engine() -> FaceEngine:
     return get_engine(
         EngineConfig(
             max_pixels=s.max_image_pixels,
+            max_decode_bytes=s.max_decode_bytes,
             min_face_px=s.min_face_px,
             num_jitters=s.num_jitters,
             backend=s.embedding_backend,
@@ -235,13 +236,13 @@ def deliver_callback(delivery_id: int) -> str | None:
             return None  # delivered, dead, or being delivered by another worker
         payload = dict(delivery["payload"])
         payload["data"] = render_result(conn, s, payload.get("data") or {})
+    # address-pinned, one overall deadline, status line only (shared/callbacks.py)
     http_status, error, duration_ms = post_callback(
         delivery["url"],
         payload,
         webhook_id=delivery["webhook_id"],
         secrets=[delivery["callback_secret"], delivery["callback_secret_previous"]],
-        timeout=s.callback_timeout_seconds,
-        allow_private=s.callback_allow_private,
+        policy=CallbackPolicy.from_settings(s),
     )
     with transaction() as conn:
         return repo.record_attempt(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import socket
 import ssl
 import threading
 import time
@@ -409,3 +410,34 @@ def test_api_side_check_of_image_refs() -> None:
     with pytest.raises(FaceLibError) as info:
         check_image_ref("uri", "file:///etc/passwd")
     assert info.value.errcode == 3007
+
+
+def test_a_status_line_dripped_byte_by_byte_ends_at_the_deadline() -> None:
+    """Each byte arrives within the read timeout, so only the overall deadline can end it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def drip() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"y" * 60:
+                if stop.is_set():
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+                time.sleep(0.5)
+
+    threading.Thread(target=drip, daemon=True).start()
+    try:
+        policy = FetchPolicy.from_allowlist(["127.0.0.1"], deadline=2.0, read_timeout=1.0)
+        started = time.monotonic()
+        with pytest.raises(FaceLibError) as info:
+            fetch(f"http://127.0.0.1:{listener.getsockname()[1]}/photo.jpg", policy)
+        assert info.value.errcode == 3006 and "within" in info.value.errmsg, info.value.errmsg
+        assert time.monotonic() - started < 20  # generous: the server would drip for 40 s
+    finally:
+        stop.set()
+        listener.close()

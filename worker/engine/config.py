@@ -23,6 +23,9 @@ class EngineConfig:
     # any pixel is decoded; images whose shorter side is below min_image_side cannot hold a face
     # the size gate accepts, so they are refused too.
     max_pixels: int = 25_000_000
+    # ... and so are decodes whose estimated peak memory (pixels x bytes per pixel of the mode,
+    # shared/imaging.py) is over this; JPEGs decode at a coarser DCT scale instead.
+    max_decode_bytes: int = 192 * 1024 * 1024
     min_image_side: int = 80
     # Large JPEGs decode at a DCT-reduced scale (1/2, 1/4, 1/8) that keeps the long side at least
     # this; the face is re-decoded at a finer scale if its chip would otherwise be upsampled.

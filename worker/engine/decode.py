@@ -17,7 +17,17 @@ import numpy as np
 from PIL import Image
 
 from shared.errors import E, FaceLibError
-from shared.imaging import ALLOWED_FORMATS, DECODE_ERRORS, exif_upright, open_checked, to_rgb
+from shared.imaging import (
+    ALLOWED_FORMATS,
+    DECODE_ERRORS,
+    DEFAULT_MAX_DECODE_BYTES,
+    check_decode_cost,
+    decode_slot,
+    draft_within_budget,
+    exif_upright,
+    open_checked,
+    to_rgb,
+)
 
 __all__ = ["ALLOWED_FORMATS", "DecodedImage", "decode_image"]
 
@@ -60,28 +70,35 @@ def decode_image(
     max_pixels: int,
     min_side: int = 1,
     draft_long_side: int | None = None,
+    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
 ) -> DecodedImage:
     """Decode `data` (JPEG, PNG, BMP or WebP) into upright 8-bit RGB.
 
     EXIF orientation is applied; alpha is composited onto white; 16-bit samples are reduced to
     8 bits; grayscale and palette images are expanded to RGB. With `draft_long_side`, a JPEG
     whose long side is larger decodes at the coarsest DCT scale (1/2, 1/4 or 1/8) that keeps
-    its long side at least `draft_long_side`.
+    its long side at least `draft_long_side`, or a coarser one if that would cost more than
+    `max_decode_bytes` (other formats over it are refused, shared/imaging.py). The decode holds
+    one of the process's decode slots.
 
     Raises FaceLibError IMAGE_UNDECODABLE (not an image, unsupported format, truncated or
-    corrupt), IMAGE_TOO_MANY_PIXELS (width*height over `max_pixels`, checked from the header
-    before decoding) or IMAGE_TOO_SMALL (shorter side below `min_side`).
+    corrupt), IMAGE_TOO_MANY_PIXELS (width*height over `max_pixels`, or the decode's memory
+    over `max_decode_bytes`, checked from the header before decoding), IMAGE_TOO_SMALL
+    (shorter side below `min_side`) or BUSY (no decode slot in time).
     """
     im = open_checked(data, max_pixels=max_pixels, min_side=min_side)
     with im:
         w, h = im.size
         fmt = im.format or "?"
-        if draft_long_side and fmt in ("JPEG", "MPO") and max(w, h) > draft_long_side:
+        size = None
+        if draft_long_side and max(w, h) > draft_long_side:
             k = draft_long_side / max(w, h)
-            # draft() picks the coarsest scale whose result still covers the requested size.
-            im.draft(im.mode, (math.ceil(w * k), math.ceil(h * k)))
+            size = (math.ceil(w * k), math.ceil(h * k))
+        # the coarsest DCT scale whose result still covers `size`, or coarser within budget
+        draft_within_budget(im, max_decode_bytes, size)
+        check_decode_cost(im, max_decode_bytes)
         try:
-            with warnings.catch_warnings():
+            with decode_slot(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 im.load()
                 upright, turned = exif_upright(im)

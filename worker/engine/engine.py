@@ -261,6 +261,7 @@ class FaceEngine:
         return decode_image(
             image,
             max_pixels=cfg.max_pixels,
+            max_decode_bytes=cfg.max_decode_bytes,
             min_side=cfg.min_image_side,
             draft_long_side=draft_long_side,
         )
