@@ -268,7 +268,7 @@ def model_speed(samples: list[bytes], model: str, repeats: int = 20) -> str:
     engine = FaceEngine(EngineConfig(backend="onnx", extra_models=(model,)))
     extra = engine.extra[model]
     dlib_onnx = OnnxBackend(threads=1)
-    t_dlib, t_net, t_step = [], [], []
+    t_dlib, t_net, t_step, t_lm, t_align = [], [], [], [], []
     faces = 0
     for data in samples:
         decoded = engine._decode(data, None)
@@ -294,14 +294,25 @@ def model_speed(samples: list[bytes], model: str, repeats: int = 20) -> str:
             t = time.perf_counter()
             engine._embed_extra(extra, decoded.rgb, shape)
             t_step.append(time.perf_counter() - t)
-    md, mn, ms = (statistics.median(x) * 1e3 for x in (t_dlib, t_net, t_step))
+            t = time.perf_counter()
+            if extra.landmarks == "68":
+                engine._predictor68(decoded.rgb, shape.rect)
+            t_lm.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            extra.chip(decoded.rgb, points)
+            t_align.append(time.perf_counter() - t)
+    md, mn, ms, ml, ma = (
+        statistics.median(x) * 1e3 for x in (t_dlib, t_net, t_step, t_lm, t_align)
+    )
     return (
         f"Embedding per face, 1 thread, median of {len(t_dlib)} ({faces} faces x {repeats}):\n\n"
         "| step | ms |\n|---|---:|\n"
         f"| dlib ResNet on ONNX Runtime (150x150 chip) | {md:.2f} |\n"
         f"| {model} network (112x112 crop) | {mn:.2f} ({mn / md:.2f}x dlib ONNX) |\n"
         f"| {model} step: landmarks ({extra.landmarks} points) + alignment + network "
-        f"| {ms:.2f} |"
+        f"| {ms:.2f} |\n"
+        f"| of which the 68-point predictor | {ml:.2f} |\n"
+        f"| of which the alignment (similarity warp to 112x112) | {ma:.2f} |"
     )
 
 

@@ -120,33 +120,37 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 def align_face(rgb: np.ndarray, points: np.ndarray, template: np.ndarray) -> np.ndarray:
     """A (112, 112, 3) uint8 crop of `rgb` with `points` brought onto `template`.
 
-    Bilinear sampling; when the face is more than 1.5x larger than the crop, the region is
-    first box-filtered down by an integer factor so that the sampling does not alias.
+    Bilinear sampling of only the region the crop covers (a large photo is never copied
+    whole); when the face is more than 1.5x larger than the crop, that region is first
+    box-filtered down by an integer factor so that the sampling does not alias. Outside the
+    image the crop is black.
     """
+    points = np.asarray(points, dtype=np.float64)
     m = similarity_transform(points, template)
     scale = float(np.hypot(m[0, 0], m[1, 0]))  # output pixels per input pixel
-    img = Image.fromarray(np.ascontiguousarray(rgb))
-    factor = int(1.0 / scale / 1.5) if scale > 0 else 1
-    if factor >= 2:
-        # Crop generously round the face first so that only that region is reduced.
-        inv = _invert(m)
-        corners = np.array([[0, 0, 1], [CHIP_SIZE, 0, 1], [0, CHIP_SIZE, 1], [CHIP_SIZE] * 2 + [1]])
-        src = corners @ inv.T
-        left = max(0, int(np.floor(src[:, 0].min())) - 2 * factor)
-        top = max(0, int(np.floor(src[:, 1].min())) - 2 * factor)
-        right = min(img.width, int(np.ceil(src[:, 0].max())) + 2 * factor)
-        bottom = min(img.height, int(np.ceil(src[:, 1].max())) + 2 * factor)
-        if right - left >= factor and bottom - top >= factor:
-            img = img.crop((left, top, right, bottom)).reduce(factor)
-            shift = np.array([left, top], dtype=np.float64)
-            points = (np.asarray(points, dtype=np.float64) - shift) / factor
-            m = similarity_transform(points, template)
-    inv = _invert(m)
+    factor = max(1, int(1.0 / scale / 1.5)) if scale > 0 else 1
+    corners = np.array(
+        [[0, 0, 1], [CHIP_SIZE, 0, 1], [0, CHIP_SIZE, 1], [CHIP_SIZE, CHIP_SIZE, 1]], dtype=float
+    )
+    src = corners @ _invert(m).T
+    h, w = rgb.shape[:2]
+    margin = 2 * factor
+    left = min(w - 1, max(0, int(np.floor(src[:, 0].min())) - margin))
+    top = min(h - 1, max(0, int(np.floor(src[:, 1].min())) - margin))
+    right = max(left + 1, min(w, int(np.ceil(src[:, 0].max())) + margin))
+    bottom = max(top + 1, min(h, int(np.ceil(src[:, 1].max())) + margin))
+    img = Image.fromarray(np.ascontiguousarray(rgb[top:bottom, left:right]))
+    # Pixel-centre coordinates: crop pixel i is image pixel left + i; after reduce(f), pixel i
+    # covers crop pixels [i f, (i + 1) f), centred on i f + (f - 1) / 2.
+    local = points - np.array([left, top], dtype=np.float64)
+    if factor >= 2 and img.width >= factor and img.height >= factor:
+        img = img.reduce(factor)
+        local = (local - (factor - 1) / 2) / factor
     chip = img.transform(
         (CHIP_SIZE, CHIP_SIZE),
         Image.Transform.AFFINE,
-        # PIL maps output (x, y) to input (a x + b y + c, d x + e y + f); pixel centres at +0.5.
-        data=_pil_affine(inv),
+        # PIL maps output (x, y) to input (a x + b y + c, d x + e y + f).
+        data=_pil_affine(_invert(similarity_transform(local, template))),
         resample=Image.Resampling.BILINEAR,
     )
     return np.asarray(chip, dtype=np.uint8)
