@@ -219,6 +219,23 @@ def test_converter_refuses_what_is_not_tflite() -> None:
         convert_tflite(b"\x00" * 64, mean=127.5, std=128.0)
 
 
+def test_mobilefacenet_calibration_table_keeps_its_promise_on_held_out_folds() -> None:
+    from shared.score import calibration, score_from_distance
+
+    cal = calibration("mobilefacenet")
+    assert cal["model"] == "mobilefacenet" and cal["landmarks"] == "68"
+    assert cal["data"].startswith("LFW folds 1-4")
+    check = cal["held_out_check"]
+    assert check["held_out"] is True and check["folds"] == "folds 5-7"
+    for row in check["rows"]:  # measured FAR on other people within 2x of the promise
+        assert 0.5 <= row["ratio"] <= 2.0, row
+    d80 = next(r["distance"] for r in cal["table"] if r["score"] == 80)
+    assert abs(score_from_distance(d80, model="mobilefacenet") - 80.0) < 1e-6
+    # dlib's table is untouched and still the default
+    assert calibration()["model"] == "dlib_face_recognition_resnet_model_v1"
+    assert score_from_distance(d80) != score_from_distance(d80, model="mobilefacenet")
+
+
 def test_similarity_transform_recovers_a_known_similarity() -> None:
     angle, scale, shift = 0.3, 1.7, np.array([12.0, -5.0])
     rot = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
