@@ -191,7 +191,7 @@ def test_engine_same_person_closer_than_different(engine: FaceEngine) -> None:
         face = engine.analyze((FACES / name).read_bytes(), "recognize").faces[0]
         vec = face.embeddings["mobilefacenet"]
         assert vec.shape == (DESCRIPTOR_DIM,) and abs(float(np.linalg.norm(vec)) - 1) < 1e-5
-        assert set(face.embeddings) == {engine.model, "mobilefacenet"}
+        assert set(face.embeddings) == set(engine.versions) == {engine.model, "mobilefacenet"}
         emb.append(vec)
         who.append(name.rsplit("_", 1)[0])
     same, diff = [], []
@@ -205,7 +205,7 @@ def test_engine_without_extra_models_is_unchanged() -> None:
     assert EngineConfig().extra_models == ()
     engine = FaceEngine(EngineConfig())
     face = engine.analyze((FACES / "obama_1.jpg").read_bytes(), "recognize").faces[0]
-    assert list(face.embeddings) == [engine.model]
+    assert list(face.embeddings) == list(engine.versions) == [engine.model]
     assert face.embeddings[engine.model] is face.embedding
 
 

@@ -127,6 +127,10 @@ class FaceEngine:
             )
             for name in config.extra_models
         }
+        #: Model name -> version of every embedding this engine computes (the backend's first).
+        self.versions: dict[str, str] = {self.model: self.backend.version} | {
+            name: extra.version for name, extra in self.extra.items()
+        }
         self._predictor68 = None
         if any(getattr(m, "landmarks", None) == "68" for m in self.extra.values()):
             self._predictor68 = dlib.shape_predictor(shape_predictor_68_path())
