@@ -1,7 +1,8 @@
 """How the TFLite->ONNX conversion's PReLU form changes MobileFaceNet's speed, against dlib's ONNX.
 
-Converts the installed model's verified source file three ways (TF's five-op PReLU kept as
-exported; fused into ONNX PRelu; fused into the BatchNormalization form the installer uses),
+Converts the installed model's verified source file four ways (TF's five-op PReLU kept as
+exported; fused into ONNX PRelu; fused into two per-channel-scale forms, the second of which
+the installer uses),
 checks each against the installed graph's output, and times one face on one thread,
 interleaved with dlib's ResNet on ONNX Runtime in the same process.
 
@@ -50,8 +51,9 @@ def main() -> None:
     s = MOBILEFACENET
     variants = {
         "five-op PReLU as exported": dict(fuse_prelu=False),
-        "fused into ONNX PRelu": dict(fuse_prelu=True, fast_prelu=False),
-        "fused, BatchNormalization form (installed)": dict(fuse_prelu=True, fast_prelu=True),
+        "fused into ONNX PRelu": dict(prelu_form="prelu"),
+        "fused, a z + (1 - a) relu(z) as scales": dict(prelu_form="scales"),
+        "fused, z + (1 - a) relu(-z) as scales (installed)": dict(prelu_form="relu_neg"),
     }
     runs = {}
     for label, kw in variants.items():

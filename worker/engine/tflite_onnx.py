@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 # Bump when the graph this module builds changes: installed models carry it in their file name.
-GRAPH_REVISION = 1
+GRAPH_REVISION = 2
 # Opset 17 / IR 8, as worker/engine/onnx_resnet.py: understood by onnxruntime >= 1.14.
 OPSET = 17
 IR_VERSION = 8
@@ -48,6 +48,7 @@ _FLOAT32 = 0  # TensorType.FLOAT32
 _INT32 = 2  # TensorType.INT32
 _SAME, _VALID = 0, 1  # Padding
 _ACT_NONE, _ACT_RELU, _ACT_RELU6 = 0, 1, 3  # ActivationFunctionType
+PRELU_FORMS = ("relu_neg", "scales", "prelu")
 
 
 class TfliteConversionError(ValueError):
@@ -129,8 +130,10 @@ class _Op:
 
 
 class _Converter:
-    def __init__(self, data: bytes, fast_prelu: bool = True) -> None:
-        self.fast_prelu = fast_prelu
+    def __init__(self, data: bytes, prelu_form: str = "relu_neg") -> None:
+        if prelu_form not in PRELU_FORMS:
+            raise ValueError(f"prelu_form must be one of {PRELU_FORMS}")
+        self.prelu_form = prelu_form
         self.model = _load(data)
         self.g = self.model.Subgraphs(0)
         self.nodes: list[onnx.NodeProto] = []
@@ -332,17 +335,22 @@ class _Converter:
     def prelu(self, x: int, alpha: np.ndarray, out: int) -> None:
         alpha = alpha.astype(np.float32)
         v = self.value(x)
-        if self.rank.get(x) != 4 or alpha.ndim != 1 or not self.fast_prelu:
+        if self.rank.get(x) != 4 or alpha.ndim != 1 or self.prelu_form == "prelu":
             slope = alpha.reshape(-1, 1, 1) if self.rank.get(x) == 4 and alpha.ndim else alpha
             y = self.node("PRelu", [v, self.init("slope", slope)])
             self.set(out, y, self.rank.get(x, 0))
             return
-        # prelu(z) = a * z + (1 - a) * relu(z), each per-channel scale as a BatchNormalization.
-        # ONNX Runtime runs BatchNormalization, Relu and Add in its blocked NCHWc layout (the
-        # BN as a 1x1 depthwise conv, the Add fused into it), while its PRelu kernel forces a
-        # reorder to NCHW and back around every call: 5.4 ms instead of 10.5 ms a face on one
-        # thread (docs/models.md). Exact up to float rounding: var = 1 - eps makes the divisor
-        # sqrt(var + eps) 1.
+        # ONNX Runtime's PRelu kernel forces a reorder out of its blocked NCHWc layout and back
+        # around every call; per-channel scales written as BatchNormalization run as NCHWc 1x1
+        # depthwise convolutions, which fuse a following Relu and a following Add. Exact up to
+        # float rounding (var = 1 - eps makes the divisor sqrt(var + eps) 1).
+        if self.prelu_form == "relu_neg":
+            # prelu(z) = z + (1 - a) * relu(-z): two passes, the Relu fused into the first
+            # (scale -1), the Add into the second (scale 1 - a).
+            n = self.node("Relu", [self.batchnorm(v, -np.ones_like(alpha))])
+            self.set(out, self.node("Add", [v, self.batchnorm(n, 1.0 - alpha)]), 4)
+            return
+        # "scales": prelu(z) = a * z + (1 - a) * relu(z): three passes.
         r = self.node("Relu", [v])
         p = self.batchnorm(v, alpha)
         q = self.batchnorm(r, 1.0 - alpha)
@@ -499,17 +507,23 @@ class _Converter:
 
 
 def convert_tflite(
-    data: bytes, *, mean: float, std: float, fuse_prelu: bool = True, fast_prelu: bool = True
+    data: bytes,
+    *,
+    mean: float,
+    std: float,
+    fuse_prelu: bool = True,
+    prelu_form: str = "relu_neg",
 ) -> onnx.ModelProto:
     """The ONNX graph of the TFLite flatbuffer `data`.
 
     Input `chips`: (N, H, W, C) uint8 (the TFLite input's H, W, C), normalised in the graph as
     (pixel - mean) / std. Output `embeddings`: the TFLite output with a dynamic batch.
-    `fuse_prelu` folds TF's five-op PReLU back into one activation; `fast_prelu` writes each
-    PReLU as scale/relu/scale/add that ONNX Runtime keeps in its NCHWc layout (else ONNX's
-    PRelu node). Raises TfliteConversionError for anything not represented exactly.
+    `fuse_prelu` folds TF's five-op PReLU back into one activation, written as `prelu_form`:
+    "relu_neg" (z + (1 - a) relu(-z), two passes ONNX Runtime keeps in its NCHWc layout; the
+    fastest), "scales" (a z + (1 - a) relu(z), three passes) or "prelu" (ONNX's PRelu node).
+    Raises TfliteConversionError for anything not represented exactly.
     """
-    model = _Converter(data, fast_prelu).build(mean, std, fuse_prelu)
+    model = _Converter(data, prelu_form).build(mean, std, fuse_prelu)
     onnx.checker.check_model(model)
     return model
 
