@@ -12,6 +12,12 @@ same/different decided at Euclidean distance 0.6 on the raw dlib descriptors, as
 
     uv run python scripts/bench_engine.py --pairs            # the full run, ~10 min on 2 cores
     uv run python scripts/bench_engine.py --lfw-images 100   # speed only, ~1 min
+    uv run python scripts/bench_engine.py --lfw-images 0 --model mobilefacenet
+                                                # + the embedding step of both models, 1 thread
+
+With `--model mobilefacenet` (installed: docs/models.md) the run also times, per face and on one
+thread, dlib's network on ONNX Runtime (150x150 chip) against MobileFaceNet (112x112 crop), the
+network alone and the whole step (68 landmarks, alignment, network), on the same faces.
 """
 
 from __future__ import annotations
@@ -255,6 +261,61 @@ def pairs_part(lfw: Path, backend: str, workers: int, dump: Path | None) -> list
     ]
 
 
+def model_speed(samples: list[bytes], model: str, repeats: int = 20) -> str:
+    """Per-face embedding step of dlib's ONNX backend and of `model`, one thread, same faces."""
+    from worker.engine.onnx_resnet import OnnxBackend
+
+    engine = FaceEngine(EngineConfig(backend="onnx", extra_models=(model,)))
+    extra = engine.extra[model]
+    dlib_onnx = OnnxBackend(threads=1)
+    t_dlib, t_net, t_step, t_lm, t_align = [], [], [], [], []
+    faces = 0
+    for data in samples:
+        decoded = engine._decode(data, None)
+        try:
+            box = engine.analyze(data, "recognize").faces[0].box
+        except FaceLibError:
+            continue
+        shape, _ = engine._landmarks(decoded, box)
+        chip150 = dlib.get_face_chip(decoded.rgb, shape, size=CHIP_SIZE, padding=CHIP_PADDING)
+        full = engine._predictor68(decoded.rgb, shape.rect) if extra.landmarks == "68" else shape
+        points = np.array([[p.x, p.y] for p in full.parts()], dtype=np.float64)
+        chip112 = extra.chip(decoded.rgb, points)
+        dlib_onnx.embed(chip150[np.newaxis])  # warm
+        extra.embed(chip112[np.newaxis])
+        faces += 1
+        for _ in range(repeats):
+            t = time.perf_counter()
+            dlib_onnx.embed(chip150[np.newaxis])
+            t_dlib.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            extra.embed(chip112[np.newaxis])
+            t_net.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            engine._embed_extra(extra, decoded.rgb, shape)
+            t_step.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            if extra.landmarks == "68":
+                engine._predictor68(decoded.rgb, shape.rect)
+            t_lm.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            extra.chip(decoded.rgb, points)
+            t_align.append(time.perf_counter() - t)
+    md, mn, ms, ml, ma = (
+        statistics.median(x) * 1e3 for x in (t_dlib, t_net, t_step, t_lm, t_align)
+    )
+    return (
+        f"Embedding per face, 1 thread, median of {len(t_dlib)} ({faces} faces x {repeats}):\n\n"
+        "| step | ms |\n|---|---:|\n"
+        f"| dlib ResNet on ONNX Runtime (150x150 chip) | {md:.2f} |\n"
+        f"| {model} network (112x112 crop) | {mn:.2f} ({mn / md:.2f}x dlib ONNX) |\n"
+        f"| {model} step: landmarks ({extra.landmarks} points) + alignment + network "
+        f"| {ms:.2f} |\n"
+        f"| of which the 68-point predictor | {ml:.2f} |\n"
+        f"| of which the alignment (similarity warp to 112x112) | {ma:.2f} |"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -266,6 +327,7 @@ def main() -> None:
     ap.add_argument("--backend", choices=("dlib", "onnx"), default="dlib")
     ap.add_argument("--workers", type=int, default=2, help="processes for the pairs part")
     ap.add_argument("--dump", type=Path, help="save the pairs part's per-image results (.npz)")
+    ap.add_argument("--model", help="also time this optional model's embedding (mobilefacenet)")
     args = ap.parse_args()
 
     engine = FaceEngine(bench_config(args.backend))
@@ -295,6 +357,8 @@ def main() -> None:
         + ", ".join(f"{k} {v * 1e3:.1f}" for k, v in steps.items())
     )
     print("\n" + embed_overhead(samples, engine), flush=True)
+    if args.model:
+        print("\n" + model_speed(samples, args.model), flush=True)
     if args.pairs:
         print()
         print("\n".join(pairs_part(args.lfw, args.backend, args.workers, args.dump)))

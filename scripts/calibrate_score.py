@@ -1,4 +1,4 @@
-"""Calibrate the 0-100 score on LFW folds 1-7 with this project's engine.
+"""Calibrate the 0-100 score on LFW with this project's engine, for one embedding model.
 
 Embeds every LFW image through the production path (`FaceEngine.analyze(bytes, "recognize")`),
 caches the embeddings, measures the cosine distance of every different-person pair (impostors,
@@ -9,9 +9,19 @@ monotone distance -> score table that `shared/score.py` reads:
 
     uv run python scripts/calibrate_score.py [--lfw ../shared/faces/lfw]
         [--cache var/lfw-embeddings.npz] [--backend onnx|dlib] [--out shared/calibration.json]
+        [--model dlib|mobilefacenet] [--fit-folds 1-4] [--check-folds 5-7]
+
+`--model mobilefacenet` (installed with `facelib models install mobilefacenet
+--accept-license`) calibrates that model's table, shared/calibration-mobilefacenet.json, fitted
+on the people of folds 1-4 and checked on the disjoint people of folds 5-7: the script prints
+how far the measured FAR at scores 70, 80 and 90 lands from the promise on the held-out folds.
+dlib's shipped table is fitted on folds 1-7 (the default for `--model dlib`, so that a re-run
+reproduces it); `--fit-folds 1-4` gives dlib the same held-out check.
 
 The first run embeds 9,021 images (a few minutes on 2 cores with the ONNX backend); later runs
-read the cache. docs/score-calibration.md has the method and the measured tables.
+read the cache. With --model mobilefacenet one pass embeds every image with dlib's model and
+with MobileFaceNet aligned on both landmark sets (68 and 5 points), all into the same cache.
+docs/score-calibration.md and docs/models.md have the method and the measured tables.
 """
 
 from __future__ import annotations
@@ -44,28 +54,49 @@ BLOCK = 1024  # rows per block of the all-pairs distance matrix (1024 x 9021 flo
 # -- embedding ----------------------------------------------------------------------------------
 
 _engine = None
+_mfn5 = None  # MobileFaceNet aligned on dlib's 5 points, beside the engine's 68-point one
+EXTRA_KEY = "extra__{model}__{landmarks}"  # cache key of an optional model's embeddings
 
 
-def _init_worker(backend: str) -> None:
-    global _engine
+def _init_worker(backend: str, extras: bool) -> None:
+    global _engine, _mfn5
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # face_recognition_models imports pkg_resources
         from worker.engine import EngineConfig, get_engine
+        from worker.engine.backends import make_extra_model
 
-        _engine = get_engine(EngineConfig(backend=backend, backend_threads=1))
+        config = EngineConfig(
+            backend=backend,
+            backend_threads=1,
+            extra_models=("mobilefacenet",) if extras else (),
+            mobilefacenet_landmarks="68",
+        )
+        _engine = get_engine(config)
+        _mfn5 = make_extra_model("mobilefacenet", landmarks="5") if extras else None
 
 
-def _embed_one(path: str) -> tuple[np.ndarray | None, float, int, str]:
-    """(embedding, descriptor norm, 0, "") or (None, 0, errcode, errmsg) for one image file."""
+def _embed_one(path: str) -> tuple[np.ndarray | None, float, int, str, dict]:
+    """(embedding, descriptor norm, 0, "", extras) or (None, 0, errcode, errmsg, {}) for one
+    image file; extras: the optional models' embeddings by cache key."""
     from shared.errors import FaceLibError
+    from worker.engine.decode import decode_image
 
     data = Path(path).read_bytes()
     try:
         analysis = _engine.analyze(data, "recognize")
     except FaceLibError as exc:
-        return None, 0.0, exc.errcode, exc.errmsg
+        return None, 0.0, exc.errcode, exc.errmsg, {}
     face = analysis.faces[0]
-    return face.embedding.astype(np.float32), face.quality["descriptor_norm"], 0, ""
+    extras = {}
+    if "mobilefacenet" in face.embeddings:
+        extras[EXTRA_KEY.format(model="mobilefacenet", landmarks="68")] = face.embeddings[
+            "mobilefacenet"
+        ]
+        # The engine's 5 landmarks are in full-resolution coordinates: align on a full decode.
+        rgb = decode_image(data, max_pixels=50_000_000).rgb
+        raw = _mfn5.embed(_mfn5.chip(rgb, face.landmarks)[np.newaxis])[0]
+        extras[EXTRA_KEY.format(model="mobilefacenet", landmarks="5")] = raw / np.linalg.norm(raw)
+    return face.embedding.astype(np.float32), face.quality["descriptor_norm"], 0, "", extras
 
 
 def lfw_images(lfw: Path) -> list[tuple[str, int, Path]]:
@@ -79,12 +110,12 @@ def lfw_images(lfw: Path) -> list[tuple[str, int, Path]]:
     return sorted(out, key=lambda t: (t[0], t[1]))
 
 
-def embed_lfw(lfw: Path, backend: str, workers: int) -> dict[str, np.ndarray]:
+def embed_lfw(lfw: Path, backend: str, workers: int, extras: bool = False) -> dict[str, np.ndarray]:
     images = lfw_images(lfw)
     t0 = time.perf_counter()
     ctx = mp.get_context("fork")
     results = []
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(backend,)) as pool:
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(backend, extras)) as pool:
         paths = [str(p) for _, _, p in images]
         for i, res in enumerate(pool.imap(_embed_one, paths, chunksize=16), 1):
             results.append(res)
@@ -93,7 +124,9 @@ def embed_lfw(lfw: Path, backend: str, workers: int) -> dict[str, np.ndarray]:
                 print(f"  embedded {i}/{len(paths)} ({rate:.1f} img/s)", file=sys.stderr)
     ok = [i for i, r in enumerate(results) if r[0] is not None]
     bad = [i for i, r in enumerate(results) if r[0] is None]
+    extra_keys = sorted(results[ok[0]][4]) if ok else []
     return {
+        **{k: np.stack([results[i][4][k] for i in ok]).astype(np.float32) for k in extra_keys},
         "names": np.array([images[i][0] for i in ok]),
         "image_ids": np.array([images[i][1] for i in ok], dtype=np.int32),
         "embeddings": np.stack([results[i][0] for i in ok]).astype(np.float32),
@@ -109,19 +142,46 @@ def embed_lfw(lfw: Path, backend: str, workers: int) -> dict[str, np.ndarray]:
 
 
 def load_embeddings(
-    lfw: Path, cache: Path, backend: str = "onnx", workers: int = 2
+    lfw: Path,
+    cache: Path,
+    backend: str = "onnx",
+    workers: int = 2,
+    model: str = "dlib",
+    landmarks: str | None = None,
 ) -> dict[str, np.ndarray]:
-    """The cached LFW embeddings for `backend`, embedding (and caching) them when absent."""
+    """The cached LFW embeddings for `backend`, embedding (and caching) them when absent.
+
+    With `model` other than dlib, "embeddings" holds that model's (aligned on `landmarks`, by
+    default the one the model uses in the engine) and "dlib_embeddings" dlib's, same images."""
+    key = None
+    if model != "dlib":
+        from worker.engine.mobilefacenet import DEFAULT_LANDMARKS
+
+        key = EXTRA_KEY.format(model=model, landmarks=landmarks or DEFAULT_LANDMARKS)
+    data = None
     if cache.exists():
         with np.load(cache, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
-        if str(data["backend"]) == backend and "descriptor_norms" in data:
-            return data
-        print(f"cache {cache} is for another backend or version, re-embedding", file=sys.stderr)
-    print(f"embedding LFW from {lfw} with backend {backend} ({workers} processes)", file=sys.stderr)
-    data = embed_lfw(lfw, backend, workers)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(cache, **data)
+        if str(data["backend"]) != backend or "descriptor_norms" not in data:
+            print(f"cache {cache} is for another backend or version, re-embedding", file=sys.stderr)
+            data = None
+        elif key is not None and key not in data:
+            print(f"cache {cache} has no {model} embeddings, re-embedding", file=sys.stderr)
+            data = None
+    if data is None:
+        print(
+            f"embedding LFW from {lfw} with backend {backend}"
+            + (f" and {model}" if key else "")
+            + f" ({workers} processes)",
+            file=sys.stderr,
+        )
+        data = embed_lfw(lfw, backend, workers, extras=key is not None)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(cache, **data)
+    if key is not None:
+        data = dict(data)
+        data["dlib_embeddings"] = data["embeddings"]
+        data["embeddings"] = data[key]
     return data
 
 
@@ -338,22 +398,77 @@ def dump_json(obj: dict) -> str:
     return "{\n" + ",\n".join(parts) + "\n}\n"
 
 
+def fold_set(text: str) -> set[int]:
+    """ "1-4" or "5,6,7" -> {1, 2, 3, 4} / {5, 6, 7}."""
+    out: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out |= set(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def held_out_check(
+    emb: np.ndarray, names: np.ndarray, knot_d: dict[int, float], label: str
+) -> dict:
+    """Measured FAR and TAR at the fitted knots on other people's photos."""
+    imp, gen = all_pair_distances(emb, names)
+    imp.sort()
+    gen.sort()
+    rows = []
+    for s in (70, 80, 90):
+        k = int(np.searchsorted(imp, knot_d[s], side="right"))
+        far = k / imp.size
+        rows.append(
+            {
+                "score": s,
+                "far_nominal": far_of_score(s),
+                "far_measured": far,
+                "impostor_pairs_at_or_below": k,
+                "ratio": far / far_of_score(s),
+                "tar": float(np.searchsorted(gen, knot_d[s], side="right")) / gen.size,
+            }
+        )
+    return {
+        "folds": label,
+        "images": len(names),
+        "impostor": imp.size,
+        "genuine": gen.size,
+        "rows": rows,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lfw", type=Path, default=REPO.parent / "shared" / "faces" / "lfw")
     ap.add_argument("--cache", type=Path, default=REPO / "var" / "lfw-embeddings.npz")
     ap.add_argument("--backend", choices=("onnx", "dlib"), default="onnx")
-    ap.add_argument("--out", type=Path, default=REPO / "shared" / "calibration.json")
+    ap.add_argument("--model", choices=("dlib", "mobilefacenet"), default="dlib")
+    ap.add_argument("--landmarks", choices=("68", "5"), help="mobilefacenet alignment")
+    ap.add_argument("--fit-folds", help="LFW folds the table is fitted on (dlib: 1-7, else 1-4)")
+    ap.add_argument("--check-folds", default="5-7", help="folds the fitted table is checked on")
+    ap.add_argument("--out", type=Path, help="default shared/calibration[-MODEL].json")
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     args = ap.parse_args()
+    from shared.score import calibration_file
+
+    out_path = args.out or calibration_file(args.model)
+    fit_folds = fold_set(args.fit_folds or ("1-7" if args.model == "dlib" else "1-4"))
+    check_folds = fold_set(args.check_folds)
+    model_name = MODEL if args.model == "dlib" else args.model
 
     t_start = time.perf_counter()
-    data = load_embeddings(args.lfw, args.cache, args.backend, args.workers)
+    data = load_embeddings(
+        args.lfw, args.cache, args.backend, args.workers, args.model, args.landmarks
+    )
     t_embedded = time.perf_counter()
-    names, emb = data["names"], data["embeddings"]
+    folds = people_folds(args.lfw)
+    all_names, all_emb = data["names"], data["embeddings"]
+    fit_mask = np.array([folds[str(n)] in fit_folds for n in all_names])
+    names, emb = all_names[fit_mask], all_emb[fit_mask]
     n_people = len(set(names.tolist()))
     refused = Counter(int(c) for c in data["refused_errcodes"])
-    print(f"## LFW folds 1-7, backend {args.backend}\n")
+    fit_label = f"folds {min(fit_folds)}-{max(fit_folds)}"
+    print(f"## LFW {fit_label}, model {model_name}, backend {args.backend}\n")
     print(f"- embedded {len(names)} images of {n_people} people", end="")
     print(f" (embedding took {float(data['embed_seconds']):.0f} s when the cache was built)")
     refused_text = ", ".join(f"{c}: {n}" for c, n in sorted(refused.items())) or "none"
@@ -373,7 +488,7 @@ def main() -> None:
     t_pairs = time.perf_counter()
     print(f"- {imp.size:,} impostor pairs, {gen.size:,} genuine pairs")
     print(f"- closest impostor pairs (cosine), the {CLOSEST} nearest:")
-    ids = [f"{n}_{int(i):04d}" for n, i in zip(names, data["image_ids"], strict=True)]
+    ids = [f"{n}_{int(i):04d}" for n, i in zip(names, data["image_ids"][fit_mask], strict=True)]
     for d, i, j in closest_impostors(emb, names, float(imp[CLOSEST - 1]))[:CLOSEST]:
         print(f"  - {d:.4f}  {ids[i]}  {ids[j]}")
     print(f"- max impostor distance {imp[-1]:.4f}, max genuine distance {gen[-1]:.4f}\n")
@@ -405,23 +520,17 @@ def main() -> None:
             f"{r['far_measured']:.2e} | {r['impostor_pairs_at_or_below']:,} | {r['tar']:.2%} |"
         )
 
-    acc = pair_accuracy(
-        args.lfw,
-        data,
-        {
-            "score 70": ("cos", knot_d[70]),
-            "score 80": ("cos", knot_d[80]),
-            "unit L2 0.6": ("cos", 0.6**2 / 2),
-            "raw dlib L2 0.6": ("raw_l2", 0.6),
-        },
-    )
+    thresholds = {"score 70": ("cos", knot_d[70]), "score 80": ("cos", knot_d[80])}
+    if args.model == "dlib":  # dlib's own rule, on its raw descriptors
+        thresholds |= {"unit L2 0.6": ("cos", 0.6**2 / 2), "raw dlib L2 0.6": ("raw_l2", 0.6)}
+    acc = pair_accuracy(args.lfw, data, thresholds)
     print(
         f"\n### pairs.csv verification ({acc['pairs']} pairs; {acc['with_refused_image']} have a "
         "refused image: excluded from 'accuracy', counted as 'different' in 'accuracy, all')\n"
     )
     print("| threshold | value | accuracy | accuracy, all 4,200 | TAR | FAR |")
     print("|---|---:|---:|---:|---:|---:|")
-    for label in ("score 70", "score 80", "unit L2 0.6", "raw dlib L2 0.6"):
+    for label in thresholds:
         r = acc[label]
         value = f"cos {r['threshold']:.4f}" if r["kind"] == "cos" else f"L2 {r['threshold']:.2f}"
         print(
@@ -434,17 +543,38 @@ def main() -> None:
         f"{best['accuracy']:.2%}, score {score_of(np.array([best['threshold']]), knots)[0]:.1f})"
     )
 
-    raw_far, raw_tar = raw_l2_rates(data)
+    raw_far = raw_tar = float("nan")
     norms = data["descriptor_norms"]
-    print(
-        f"(dlib's own L2 0.6 on the raw descriptors, norm {norms.mean():.3f} ± {norms.std():.3f}: "
-        f"all-pairs FAR {raw_far:.2e} ≈ score {40 - 10 * math.log10(raw_far):.1f}, TAR {raw_tar:.2%}; "
-        "unit-vector L2 0.6 is a much looser threshold)"
-    )
+    if args.model == "dlib":
+        raw_far, raw_tar = raw_l2_rates(data)
+        print(
+            f"(dlib's own L2 0.6 on the raw descriptors, norm {norms.mean():.3f} ± {norms.std():.3f}: "
+            f"all-pairs FAR {raw_far:.2e} ≈ score {40 - 10 * math.log10(raw_far):.1f}, TAR {raw_tar:.2%}; "
+            "unit-vector L2 0.6 is a much looser threshold)"
+        )
 
-    folds = people_folds(args.lfw)
+    check_mask = np.array([folds[str(n)] in check_folds for n in all_names])
+    check_label = f"folds {min(check_folds)}-{max(check_folds)}"
+    held_out = not (fit_folds & check_folds)
+    check = held_out_check(all_emb[check_mask], all_names[check_mask], knot_d, check_label)
+    check["held_out"] = held_out
+    print(
+        f"\n### the {fit_label} table checked on {check_label} "
+        f"({'held out: other people' if held_out else 'NOT held out: the fit saw these people'}; "
+        f"{check['images']} images, {check['impostor']:,} impostor pairs)\n"
+    )
+    print(
+        "| score | promised FAR | measured FAR | measured / promised | impostor pairs ≤ d | TAR |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|")
+    for r in check["rows"]:
+        print(
+            f"| {r['score']} | {r['far_nominal']:.0e} | {r['far_measured']:.2e} | "
+            f"{r['ratio']:.2f}x | {r['impostor_pairs_at_or_below']:,} | {r['tar']:.2%} |"
+        )
+
     stab = fold_stability(data, folds, {70: knot_d[70], 80: knot_d[80]})
-    print("\n### stability: the all-folds thresholds on disjoint halves\n")
+    print(f"\n### stability: the {fit_label} thresholds on disjoint halves of folds 1-7\n")
     print(
         "| people of | images | impostor pairs | FAR at 70 (1e-3) | FAR at 80 (1e-4) | TAR at 70 | TAR at 80 |"
     )
@@ -481,16 +611,17 @@ def main() -> None:
     )
     out = {
         "note": note,
-        "model": MODEL,
+        "model": model_name,
         "backend": args.backend,
         "data": (
-            f"LFW folds 1-7, {len(names)} images, {n_people} people, {imp.size} impostor pairs, "
+            f"LFW {fit_label}, {len(names)} images, {n_people} people, {imp.size} impostor pairs, "
             f"{gen.size} genuine pairs"
         ),
         "refused": {str(c): n for c, n in sorted(refused.items())},
         "knots": knots,
         "table": table,
         "pairs_csv": acc,
+        "held_out_check": check,
         "fold_stability": stab,
         "raw_dlib_l2_0.6": {
             "far": raw_far,
@@ -498,11 +629,16 @@ def main() -> None:
             "mean_descriptor_norm": float(norms.mean()),
         },
     }
-    args.out.write_text(dump_json(out), encoding="utf-8")
+    if args.model != "dlib":
+        from worker.engine.mobilefacenet import DEFAULT_LANDMARKS
+
+        out["landmarks"] = args.landmarks or DEFAULT_LANDMARKS
+        del out["raw_dlib_l2_0.6"]
+    out_path.write_text(dump_json(out), encoding="utf-8")
     t_end = time.perf_counter()
     print(f"\nknots: 70 -> {knot_d[70]:.4f}, 80 -> {knot_d[80]:.4f}, 90 -> {knot_d[90]:.4f}")
     print(
-        f"wrote {args.out} ({len(knots)} knots); load/embed {t_embedded - t_start:.0f} s, "
+        f"wrote {out_path} ({len(knots)} knots); load/embed {t_embedded - t_start:.0f} s, "
         f"pairs {t_pairs - t_embedded:.0f} s, total {t_end - t_start:.0f} s"
     )
 

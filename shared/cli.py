@@ -7,6 +7,8 @@ facelib client create NAME [--scopes a,b] [--callback-url URL]
 facelib token issue CLIENT_NAME [--ttl SECONDS]
 facelib token revoke TOKEN
 facelib bulk --client NAME (--csv FILE | --folder DIR) [--report FILE]
+facelib models install mobilefacenet --accept-license
+facelib models list
 """
 
 from __future__ import annotations
@@ -290,6 +292,37 @@ def cmd_bulk(args: argparse.Namespace) -> int:
     return 0 if summary.failed == 0 else 1
 
 
+def cmd_models_install(args: argparse.Namespace) -> int:
+    from shared import models
+
+    try:
+        print(models.notice(args.name), end="\n\n", flush=True)
+        models.install(
+            args.name,
+            accept_license=args.accept_license,
+            force=args.force,
+            log=lambda line: print(line, flush=True),
+        )
+    except models.ModelInstallError as exc:
+        print(f"models install: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from shared import models
+
+    print(f"models in {models.models_home()}")
+    for row in models.listing():
+        state = "installed" if row["installed"] else "not installed"
+        where = f"  {row['version']}  {row['path']}" if row["installed"] else ""
+        print(f"  {row['name']}  {row['dim']}-d  {state}{where}")
+    # Recognition, verification and the duplicate check are decided by dlib's model until
+    # FACELIB_MATCH_MODEL is wired through the API (issue 15, item 5).
+    print(f"deciding model: {models.BUILTIN_MODEL}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="facelib", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -338,7 +371,25 @@ def main(argv: list[str] | None = None) -> int:
     bulk.add_argument("--limit", type=int, help="only the first N rows")
     bulk.add_argument("--no-progress", action="store_true", help="no progress bar")
     bulk.set_defaults(func=cmd_bulk)
+    models_cmd = sub.add_parser("models", help="optional embedding models (docs/models.md)")
+    models_sub = models_cmd.add_subparsers(dest="models_command", required=True)
+    m_install = models_sub.add_parser(
+        "install", help="fetch, check, convert and verify a model (prints its licence note)"
+    )
+    m_install.add_argument("name", help="model to install: mobilefacenet")
+    m_install.add_argument(
+        "--accept-license",
+        action="store_true",
+        help="accept the provenance and licence note it prints; without it nothing is fetched",
+    )
+    m_install.add_argument("--force", action="store_true", help="install again even if present")
+    m_install.set_defaults(func=cmd_models_install)
+    models_sub.add_parser("list", help="installed models and the deciding one").set_defaults(
+        func=cmd_models_list
+    )
     args = parser.parse_args(argv)
+    if args.command == "models":  # needs no keys and no database
+        return int(args.func(args) or 0)
     if args.command != "up":
         ensure_keys(home())  # the dev keys, unless the environment provides them
     return int(args.func(args) or 0)

@@ -82,3 +82,26 @@ def make_backend(name: str, threads: int = 1, num_jitters: int = 0) -> Embedding
             ) from exc
         return OnnxBackend(threads=threads)
     raise ValueError(f"unknown embedding backend {name!r}: expected 'dlib' or 'onnx'")
+
+
+def make_extra_model(
+    name: str, threads: int = 1, home: str | None = None, landmarks: str | None = None
+):
+    """The installed optional model `name` (only "mobilefacenet" today), ready to embed.
+
+    Raises BackendUnavailableError naming the install command when it is not installed.
+    """
+    if name != "mobilefacenet":
+        raise ValueError(f"unknown model {name!r}: expected 'mobilefacenet'")
+    from shared.models import installed
+    from worker.engine.mobilefacenet import DEFAULT_LANDMARKS, MobileFaceNetBackend
+
+    found = installed(name, home)
+    if found is None:
+        raise BackendUnavailableError(
+            f"model {name!r} is not installed: an operator runs `facelib models install {name} "
+            "--accept-license` first (docs/models.md)"
+        )
+    return MobileFaceNetBackend(
+        found.onnx_path, threads=threads, landmarks=landmarks or DEFAULT_LANDMARKS
+    )

@@ -14,6 +14,9 @@ CHECK_POSE = "pose"  # FACE_POSE_EXTREME
 CHECK_BLUR = "blur"  # FACE_BLURRY
 ALL_CHECKS = frozenset({CHECK_FRAME, CHECK_SIZE, CHECK_POSE, CHECK_BLUR})
 
+# Optional embedding models the engine can compute beside its backend (docs/models.md).
+EXTRA_MODELS = frozenset({"mobilefacenet"})
+
 
 @dataclass(frozen=True)
 class EngineConfig:
@@ -56,6 +59,13 @@ class EngineConfig:
     num_jitters: int = 0
     backend: str = "dlib"  # "dlib" | "onnx"
     backend_threads: int = 1  # intra-op threads of the ONNX backend (dlib's CPU path is serial)
+    # Installed optional models (shared/models.py) embedded beside the backend's, on the same
+    # face: each lands in `AnalyzedFace.embeddings[name]`. Empty: the engine runs as it always
+    # did. `models_home` overrides $FACELIB_HOME for finding them; `mobilefacenet_landmarks`
+    # ("68" or "5") overrides the alignment docs/models.md measured best.
+    extra_models: tuple[str, ...] = ()
+    models_home: str | None = None
+    mobilefacenet_landmarks: str | None = None
 
     def __post_init__(self) -> None:
         # Accept any iterable of names, but store a frozenset so the config stays hashable.
@@ -67,3 +77,9 @@ class EngineConfig:
             raise ValueError("max_pixels must be > 0 and detect_max_side >= 80")
         if not 0.0 < self.multi_face_ratio <= 1.0:
             raise ValueError("multi_face_ratio must be in (0, 1]")
+        object.__setattr__(self, "extra_models", tuple(self.extra_models))
+        unknown_models = set(self.extra_models) - EXTRA_MODELS
+        if unknown_models:
+            raise ValueError(f"unknown extra_models: {sorted(unknown_models)}")
+        if self.mobilefacenet_landmarks not in (None, "68", "5"):
+            raise ValueError("mobilefacenet_landmarks must be '68' or '5'")

@@ -38,6 +38,7 @@ from worker.engine.backends import (
     MODEL_NAME,
     EmbeddingBackend,
     make_backend,
+    make_extra_model,
 )
 from worker.engine.config import (
     ALL_CHECKS,
@@ -48,7 +49,7 @@ from worker.engine.config import (
     EngineConfig,
 )
 from worker.engine.decode import DecodedImage, decode_image
-from worker.engine.models import shape_predictor_5_path
+from worker.engine.models import shape_predictor_5_path, shape_predictor_68_path
 
 Purpose = Literal["register", "recognize"]
 Box = tuple[float, float, float, float]  # left, top, right, bottom; right/bottom exclusive
@@ -67,6 +68,9 @@ class AnalyzedFace:
     landmarks: np.ndarray  # (5, 2) float: two corners of each eye, base of the nose
     quality: dict[str, float]  # size_px, det_score, upsampled, out_of_frame, pose, blur, ...
     embedding: np.ndarray  # (128,) float32, unit norm: compare with cosine or L2
+    # Every model's unit-norm embedding of this face, by model name: the backend's (the same
+    # array as `embedding`) and each of `EngineConfig.extra_models`.
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,6 +118,22 @@ class FaceEngine:
         )
         # A port of the same network (ONNX) may say which weights it carries.
         self.model: str = getattr(self.backend, "model", MODEL_NAME)
+        self.extra = {
+            name: make_extra_model(
+                name,
+                threads=config.backend_threads,
+                home=config.models_home,
+                landmarks=config.mobilefacenet_landmarks,
+            )
+            for name in config.extra_models
+        }
+        #: Model name -> version of every embedding this engine computes (the backend's first).
+        self.versions: dict[str, str] = {self.model: self.backend.version} | {
+            name: extra.version for name, extra in self.extra.items()
+        }
+        self._predictor68 = None
+        if any(getattr(m, "landmarks", None) == "68" for m in self.extra.values()):
+            self._predictor68 = dlib.shape_predictor(shape_predictor_68_path())
 
     # -- the one public operation -------------------------------------------------------------
 
@@ -204,6 +224,11 @@ class FaceEngine:
             raise FaceLibError(E.INTERNAL, detail="degenerate face descriptor")
         embedding = (raw / norm).astype(np.float32)
         timings["embed"] = time.perf_counter() - t
+        embeddings = {self.model: embedding}
+        for name, extra in self.extra.items():
+            t = time.perf_counter()
+            embeddings[name] = self._embed_extra(extra, decoded.rgb, shape)
+            timings[f"embed_{name}"] = time.perf_counter() - t
 
         analyzed = AnalyzedFace(
             box=(round(box[0]), round(box[1]), round(box[2]), round(box[3])),
@@ -219,6 +244,7 @@ class FaceEngine:
                 "descriptor_norm": norm,
             },
             embedding=embedding,
+            embeddings=embeddings,
         )
         return Analysis(
             faces=[analyzed],
@@ -240,6 +266,10 @@ class FaceEngine:
         landmarks = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
         raw = self.backend.embed(chip[np.newaxis])[0]
         norm = float(np.linalg.norm(raw))
+        embedding = (raw / max(norm, 1e-12)).astype(np.float32)
+        embeddings = {self.model: embedding}
+        for name, extra in self.extra.items():
+            embeddings[name] = self._embed_extra(extra, decoded.rgb, shape)
         return AnalyzedFace(
             box=(round(box[0]), round(box[1]), round(box[2]), round(box[3])),
             landmarks=landmarks,
@@ -251,10 +281,28 @@ class FaceEngine:
                 "chip_source_px": chip_src,
                 "descriptor_norm": norm,
             },
-            embedding=(raw / max(norm, 1e-12)).astype(np.float32),
+            embedding=embedding,
+            embeddings=embeddings,
         )
 
     # -- steps ----------------------------------------------------------------------------------
+
+    def _embed_extra(
+        self, extra: object, rgb: np.ndarray, shape: dlib.full_object_detection
+    ) -> np.ndarray:
+        """An optional model's unit-norm embedding of the face whose 5 landmarks are `shape`
+        (coordinates of `rgb`): aligned on the 68 landmarks (found in the same box) or the 5."""
+        if getattr(extra, "landmarks", "5") == "68":
+            full = self._predictor68(rgb, shape.rect)
+            points = np.array([[p.x, p.y] for p in full.parts()], dtype=np.float64)
+        else:
+            points = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
+        chip = extra.chip(rgb, points)  # type: ignore[attr-defined]
+        raw = extra.embed(chip[np.newaxis])[0]  # type: ignore[attr-defined]
+        norm = float(np.linalg.norm(raw))
+        if not math.isfinite(norm) or norm < 1e-6:
+            raise FaceLibError(E.INTERNAL, detail="degenerate face descriptor")
+        return (raw / norm).astype(np.float32)
 
     def _decode(self, image: bytes, draft_long_side: int | None) -> DecodedImage:
         cfg = self.config

@@ -24,3 +24,8 @@ def shape_predictor_5_path() -> str:
 def face_recognition_model_path() -> str:
     """dlib's ResNet face descriptor model, `dlib_face_recognition_resnet_model_v1`."""
     return _models().face_recognition_model_location()
+
+
+def shape_predictor_68_path() -> str:
+    """dlib's 68-point landmark model (eyes, brows, nose, mouth, jaw): MobileFaceNet's alignment."""
+    return _models().pose_predictor_model_location()
