@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
-from flask import request
+import numpy as np
+from flask import g, request
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from shared.errors import E, FaceLibError
@@ -18,6 +21,20 @@ PERSON_TYPES = ("normal", "vip", "inner")
 ORIGINS = ("self", "fds", "uri")
 _MISSING = "Missing data for required field."
 _DATA_URL = re.compile(r"^data:image/[a-zA-Z0-9.+-]+;base64,", re.IGNORECASE)
+# requestId and the Idempotency-Key header: what fits the idempotency index and a log line
+REQUEST_ID = validate.Regexp(
+    r"^[\x21-\x7e]{1,128}$", error="1-128 visible ASCII characters (no spaces)"
+)
+
+
+def _tcp_port(url: str) -> None:
+    """A URL's port, if it names one, is 1-65535 (urlsplit raises on 99999)."""
+    try:
+        port = urlsplit(url).port
+    except ValueError:
+        raise ValidationError("port must be 1-65535") from None
+    if port == 0:
+        raise ValidationError("port must be 1-65535")
 
 
 class FaceImageSchema(Schema):
@@ -35,12 +52,15 @@ class _JobRequestSchema(Schema):
 
     async_ = fields.Boolean(data_key="async", load_default=False)
     faceImage = fields.Nested(FaceImageSchema, required=True)
-    requestId = fields.String(load_default=None, validate=validate.Length(min=1, max=128))
+    requestId = fields.String(load_default=None, validate=REQUEST_ID)
     callbackUrl = fields.Url(
         load_default=None,
         schemes={"http", "https"},
         require_tld=False,
-        validate=validate.Length(max=2048),
+        validate=[
+            validate.Length(max=2048),
+            _tcp_port,
+        ],
     )
 
 
@@ -110,10 +130,98 @@ def _first_error(messages: Any, prefix: str = "") -> tuple[str, str]:
     return prefix or "body", str(messages)
 
 
+# --- the one input-validation layer -----------------------------------------------------------
+# Every endpoint reads its body through `json_body()` and its parameters through `load()`, and
+# `check_request_strings` runs before every view: so a NUL byte, a lone surrogate (neither can
+# reach Postgres) or a pathologically nested document gets its 4xx here, whichever field or
+# endpoint it is sent to.
+
+MAX_JSON_DEPTH = 32  # our documents nest 3 deep; 32 leaves room and bounds the parser's recursion
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_DEPTH = np.zeros(256, dtype=np.int8)
+_DEPTH[[ord("["), ord("{")]] = 1
+_DEPTH[[ord("]"), ord("}")]] = -1
+
+
+def json_depth(raw: bytes) -> int:
+    """How deep the arrays/objects of a JSON text nest (strings skipped), without parsing it."""
+    steps = _DEPTH[np.frombuffer(_STRINGS.sub(b"", raw), dtype=np.uint8)]
+    return int(np.cumsum(steps, dtype=np.int64).max()) if steps.size else 0
+
+
+def string_problem(value: str) -> str | None:
+    """Why a client string cannot be stored (PostgreSQL text holds neither), or None."""
+    if "\x00" in value:
+        return "contains a NUL character"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid Unicode (lone surrogate)"
+    return None
+
+
+def _check_strings(value: Any, path: str) -> None:
+    if isinstance(value, str):
+        problem = string_problem(value)
+        if problem:
+            raise FaceLibError(
+                E.PARAM_INVALID, detail=f"{path or 'body'} {problem}", data={"field": path}
+            )
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_strings(key, path or "body")
+            _check_strings(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_strings(item, f"{path}[{i}]")
+
+
+def check_request_strings() -> None:
+    """Before every view: query parameters, path parameters and the headers we read."""
+    for name, value in request.args.items(multi=True):
+        _check_strings(name, "query")
+        _check_strings(value, name)
+    for name, value in (request.view_args or {}).items():
+        if isinstance(value, str):
+            _check_strings(value, name)
+
+
 def json_body() -> Any:
     """The request's JSON, whatever its Content-Type says (legacy clients often send none or
-    text/plain); None when the body is not JSON."""
-    return request.get_json(force=True, silent=True)
+    text/plain); None when the body is not JSON. Nesting deeper than MAX_JSON_DEPTH answers
+    2004 before parsing; a string that cannot be stored answers 2002 naming its field."""
+    if "json_body" in g:
+        return g.json_body
+    raw = request.get_data(cache=True)
+    body = None
+    if raw.strip():
+        if json_depth(raw) > MAX_JSON_DEPTH:
+            raise FaceLibError(
+                E.BODY_NOT_JSON, detail=f"nested deeper than {MAX_JSON_DEPTH} levels"
+            )
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
+            body = None
+    _check_strings(body, "")
+    g.json_body = body
+    return body
+
+
+def idempotency_key() -> str | None:
+    """The Idempotency-Key header, held to the same rule as the body's requestId."""
+    value = request.headers.get("Idempotency-Key")
+    if value is None or value == "":
+        return None
+    try:
+        REQUEST_ID(value)
+    except ValidationError as exc:
+        raise FaceLibError(
+            E.PARAM_INVALID,
+            detail=f"Idempotency-Key: {exc.messages[0]}",
+            data={"field": "Idempotency-Key"},
+        ) from None
+    return value
 
 
 def load(schema: Schema, body: Any) -> dict[str, Any]:
