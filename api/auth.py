@@ -66,6 +66,7 @@ def require_scope(*scopes: str) -> Callable[[F], F]:
 
         # checked after authentication (inside the wrapper), so the limit is the client's own
         limited = limiter.limit(_client_rate_limit, key_func=client_key)(view)
+        wrapper.required_scopes = scopes  # type: ignore[attr-defined] - read by api/openapi.py
         return wrapper  # type: ignore[return-value]
 
     return decorator

@@ -18,7 +18,7 @@ from flask import Blueprint, Response, g, request
 
 from api.auth import require_scope
 from api.envelope import respond
-from api.schemas import json_body
+from api.schemas import FileDeleteData, UploadData, UploadRequest, documented, json_body
 from shared.errors import E, FaceLibError
 from shared.filestore import CONTENT_TYPE, checked_path, delete_file, read_file, store_upload
 from shared.settings import get_settings
@@ -63,6 +63,7 @@ def _uploaded_bytes(limit: int) -> bytes:
 
 @bp.post("/upload")
 @require_scope("file:write")
+@documented(body=UploadRequest, data=UploadData)
 def upload_file() -> Response:
     """Store an image on the file server; answer the path to send as faceImage.data (fds)."""
     s = get_settings()
@@ -85,6 +86,7 @@ def upload_file() -> Response:
 
 @bp.get("/<path:path>", merge_slashes=False)
 @require_scope("file:write")
+@documented(produces="image/jpeg")
 def download_file(path: str) -> Response:
     """The stored JPEG of one of this client's files."""
     row, raw = read_file(g.client["id"], checked_path(path), touch=False)
@@ -97,6 +99,7 @@ def download_file(path: str) -> Response:
 
 @bp.delete("/<path:path>", merge_slashes=False)
 @require_scope("file:write")
+@documented(data=FileDeleteData)
 def delete_uploaded_file(path: str) -> Response:
     """Delete one of this client's files (jobs still waiting for it will fail with 3008)."""
     delete_file(g.client["id"], checked_path(path))

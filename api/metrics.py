@@ -27,6 +27,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from api.auth import require_scope
+from api.schemas import documented
 from shared.db import transaction
 from shared.queue import QUEUE_CALLBACKS, QUEUE_FACES, get_redis
 from shared.settings import get_settings
@@ -147,6 +148,7 @@ _scoped_metrics = require_scope("metrics:read")(_metrics_text)
 
 
 @bp.get("/metrics")
+@documented(produces="text/plain")
 def metrics() -> Response:
     """Prometheus text; needs `Authorization: Bearer <FACELIB_METRICS_TOKEN>` (a static scrape
     secret) or a token whose client holds metrics:read (or admin)."""
@@ -158,6 +160,9 @@ def metrics() -> Response:
         if hmac.compare_digest(presented.encode(), secret.encode()):
             return _metrics_text()
     return _scoped_metrics()
+
+
+metrics.required_scopes = ("metrics:read",)  # type: ignore[attr-defined] - for the document
 
 
 def init_app(app: Flask) -> None:

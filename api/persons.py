@@ -11,10 +11,14 @@ from flask import Blueprint, Response, g
 from api.auth import require_scope
 from api.envelope import respond
 from api.schemas import (
+    RecognizeData,
     RecognizeSchema,
+    RegisterData,
     RegisterSchema,
+    VerifyData,
     VerifySchema,
     decode_self_image,
+    documented,
     idempotency_key,
     json_body,
     load,
@@ -103,6 +107,7 @@ def _submit_job(kind: str, **fields: Any) -> tuple[dict[str, Any], bool]:
 
 @bp.post("/reg")
 @require_scope("face:register")
+@documented(body=RegisterSchema, data=RegisterData, job=True)
 def register() -> Response:
     """Register a verified person's face (sync, or async with a callback)."""
     body = json_body()
@@ -126,6 +131,7 @@ def register() -> Response:
 
 @bp.post("/recong")
 @require_scope("face:recognize")
+@documented(body=RecognizeSchema, data=RecognizeData, job=True)
 def recognize() -> Response:
     """Recognise a face: the enrolled person it belongs to, and the score."""
     body = json_body()
@@ -145,6 +151,7 @@ def recognize() -> Response:
 
 @bp.post("/verify")
 @require_scope("face:recognize")
+@documented(body=VerifySchema, data=VerifyData, job=True)
 def verify() -> Response:
     """1:1 verification: is this face the person with this idNum?"""
     body = json_body()

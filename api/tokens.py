@@ -7,7 +7,7 @@ from marshmallow import EXCLUDE, Schema, fields, validate
 
 from api.envelope import respond
 from api.extensions import exhausted, spend
-from api.schemas import json_body, load
+from api.schemas import TokenData, documented, json_body, load
 from shared import crypto, repo
 from shared.db import transaction
 from shared.errors import E, FaceLibError
@@ -25,6 +25,7 @@ class TokenRequestSchema(Schema):
 
 
 @bp.post("/token")
+@documented(body=TokenRequestSchema, data=TokenData)
 def issue_token() -> Response:
     """Issue a bearer token for `Authorization` (valid FACELIB_TOKEN_TTL_SECONDS).
 
