@@ -71,7 +71,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 def _ref(spec: APISpec, schema: type[Schema]) -> dict[str, Any]:
-    name = schema.__name__
+    name = re.sub(r"Schema$", "Request", schema.__name__)  # RegisterSchema -> RegisterRequest
     if name not in spec.components.schemas:
         spec.components.schema(name, schema=schema)
     return {"$ref": f"#/components/schemas/{name}"}
