@@ -47,6 +47,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from api.extensions import limiter
 
     envelope.init_app(app)
+    files.init_app(app)
     limiter.init_app(app)
     audit.init_app(app)
     metrics.init_app(app)

@@ -14,7 +14,8 @@ import base64
 import binascii
 import re
 
-from flask import Blueprint, Response, g, request
+from flask import Blueprint, Flask, Response, g, request
+from werkzeug.routing import PathConverter
 
 from api.auth import require_scope
 from api.envelope import respond
@@ -24,6 +25,19 @@ from shared.filestore import CONTENT_TYPE, checked_path, delete_file, read_file,
 from shared.settings import get_settings
 
 bp = Blueprint("files", __name__, url_prefix="/tech/file")
+
+
+class StoredFileConverter(PathConverter):
+    """A stored file's path: anything (checked_path answers 2002 for what is not one) except
+    `upload`, so GET /tech/file/upload is the upload route's 405, as the document says."""
+
+    regex = r"(?!upload$)[^/].*?"
+
+
+def init_app(app: Flask) -> None:
+    """Before the blueprint is registered: its routes use the converter."""
+    app.url_map.converters["stored_file"] = StoredFileConverter
+
 
 _DATA_URL = re.compile(r"^data:image/[a-zA-Z0-9.+-]+;base64,", re.IGNORECASE)
 
@@ -84,7 +98,7 @@ def upload_file() -> Response:
     return respond(data, status=201 if created else 200)
 
 
-@bp.get("/<path:path>", merge_slashes=False)
+@bp.get("/<stored_file:path>", merge_slashes=False)
 @require_scope("file:write")
 @documented(produces="image/jpeg")
 def download_file(path: str) -> Response:
@@ -97,7 +111,7 @@ def download_file(path: str) -> Response:
     return resp
 
 
-@bp.delete("/<path:path>", merge_slashes=False)
+@bp.delete("/<stored_file:path>", merge_slashes=False)
 @require_scope("file:write")
 @documented(data=FileDeleteData)
 def delete_uploaded_file(path: str) -> Response:

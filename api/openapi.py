@@ -32,7 +32,7 @@ from shared.errors import ERRCODES
 bp = Blueprint("openapi", __name__)
 
 _METHODS = ("get", "post", "put", "patch", "delete")
-_CONVERTER = re.compile(r"<(?:(?P<conv>[a-z]+)(?:\([^)]*\))?:)?(?P<name>\w+)>")
+_CONVERTER = re.compile(r"<(?:(?P<conv>[a-z_]+)(?:\([^)]*\))?:)?(?P<name>\w+)>")
 _PARAM_TYPES = {"int": {"type": "integer", "minimum": 0}, "path": {"type": "string"}}
 
 

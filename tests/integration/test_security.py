@@ -468,7 +468,7 @@ def test_openapi_covers_the_app_url_map(stack: Stack) -> None:
     for rule in app.url_map.iter_rules():
         if rule.endpoint == "static":
             continue
-        path = re.sub(r"<(?:[a-z]+:)?(\w+)>", r"{\1}", rule.rule)
+        path = re.sub(r"<(?:[a-z_]+:)?(\w+)>", r"{\1}", rule.rule)
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             assert method.lower() in spec["paths"][path], (method, path)
 
