@@ -197,15 +197,19 @@ def cmd_client_create(args: argparse.Namespace) -> int:
     from shared.db import transaction
 
     scopes = [s for s in args.scopes.split(",") if s] if args.scopes else None
-    with transaction() as conn:
-        client = repo.create_client(
-            conn,
-            args.name,
-            scopes=scopes,
-            callback_url=args.callback_url,
-            rate_limit=args.rate_limit,
-            match_floor=args.match_floor,
-        )
+    try:
+        with transaction() as conn:
+            client = repo.create_client(
+                conn,
+                args.name,
+                scopes=scopes,
+                callback_url=args.callback_url,
+                rate_limit=args.rate_limit,
+                match_floor=args.match_floor,
+            )
+    except ValueError as exc:  # unknown scope, a rate limit or floor that does not parse
+        print(f"client not created: {exc}", file=sys.stderr)
+        return 2
     print(f"client {client['name']} (id {client['id']}) scopes {','.join(client['scopes'])}")
     print(f"client key:    {client['client_key']}")
     print(f"client secret: {client['client_secret']}   (shown once; only its hash is stored)")
