@@ -176,7 +176,7 @@ def _first_error(messages: Any, prefix: str = "") -> tuple[str, str]:
 # endpoint it is sent to.
 
 MAX_JSON_DEPTH = 32  # our documents nest 3 deep; 32 leaves room and bounds the parser's recursion
-_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_STRINGS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)  # unrolled: C-speed runs
 _DEPTH = np.zeros(256, dtype=np.int8)
 _DEPTH[[ord("["), ord("{")]] = 1
 _DEPTH[[ord("]"), ord("}")]] = -1
