@@ -18,6 +18,7 @@ phase (about 1,500 requests, under a minute here), no stateful phase.
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +29,8 @@ from schemathesis.config import SchemathesisConfig
 from tests.conftest import Stack
 
 EXAMPLES = int(os.environ.get("FACELIB_FUZZ_EXAMPLES", "20"))
+# a fresh seed each run (printed; FACELIB_FUZZ_SEED=N replays a run)
+SEED = int(os.environ.get("FACELIB_FUZZ_SEED") or random.randrange(2**32))
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +41,7 @@ def api_schema(stack: Stack) -> Iterator[Any]:
     token = stack.client(scopes=["admin"], rate_limit="10000/second")["token"]
     config = SchemathesisConfig.from_dict(
         {
+            "seed": SEED,
             "headers": {"Authorization": token},
             "generation": {"max-examples": EXAMPLES},
             "checks": {
@@ -97,4 +101,4 @@ def test_api_answers_as_its_document_says(api_schema: Any) -> None:
         f"fuzz: {len(operations)} operations, {scenarios} scenarios, {requests} requests, {checked} checks"
     )
     assert len(operations) >= 23, sorted(operations)  # every operation was exercised
-    assert not problems, "\n".join(dict.fromkeys(problems))
+    assert not problems, f"FACELIB_FUZZ_SEED={SEED}\n" + "\n".join(dict.fromkeys(problems))
