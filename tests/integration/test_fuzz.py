@@ -98,7 +98,8 @@ def test_api_answers_as_its_document_says(api_schema: Any) -> None:
         elif isinstance(event, events.FatalError):
             problems.append(f"fatal: {event.exception!r}")
     print(
-        f"fuzz: {len(operations)} operations, {scenarios} scenarios, {requests} requests, {checked} checks"
+        f"fuzz (FACELIB_FUZZ_SEED={SEED}): {len(operations)} operations, {scenarios} scenarios,"
+        f" {requests} requests, {checked} checks"
     )
     assert len(operations) >= 23, sorted(operations)  # every operation was exercised
     assert not problems, f"FACELIB_FUZZ_SEED={SEED}\n" + "\n".join(dict.fromkeys(problems))
