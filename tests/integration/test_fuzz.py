@@ -11,8 +11,9 @@ date (2003), base64 that is not an image or has no face (3xxx, 4xxx, 422), a lib
 does not exist (2002), a body too large (413). `positive_data_acceptance` therefore also
 accepts 400, 413 and 422; every other check runs as shipped.
 
-Bounded for a 2-core machine: FACELIB_FUZZ_EXAMPLES (default 20) examples per operation and
-phase (about 1,500 requests, under a minute here), no stateful phase.
+Bounded for a 2-core machine: FACELIB_FUZZ_EXAMPLES (default 15) examples per operation and
+phase (about 1,200 requests, about a minute here), no stateful phase. With the NUL check
+of api/schemas.py removed, it fails (seeds 1 and 2 tried).
 """
 
 from __future__ import annotations
@@ -24,11 +25,57 @@ from typing import Any
 
 import pytest
 import schemathesis
+from hypothesis import strategies as st
 from schemathesis.config import SchemathesisConfig
 
 from tests.conftest import Stack
 
-EXAMPLES = int(os.environ.get("FACELIB_FUZZ_EXAMPLES", "20"))
+EXAMPLES = int(os.environ.get("FACELIB_FUZZ_EXAMPLES", "15"))
+# What the audit sent by hand, drawn into one string of a generated body now and then (at this
+# budget hypothesis alone rarely puts a NUL where it reaches Postgres)
+HOSTILE_STRINGS = ["a\x00b", "\x00", "x" * 4000, "张三\u202e", "../../etc/passwd"]
+
+
+def _string_paths(value: Any, path: tuple = ()) -> list[tuple]:
+    if isinstance(value, str):
+        return [path]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _string_paths(v, (*path, k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _string_paths(v, (*path, i))]
+    return []
+
+
+def _replaced(value: Any, path: tuple, new: str) -> Any:
+    if not path:
+        return new
+    head, rest = path[0], path[1:]
+    if isinstance(value, dict):
+        return {**value, head: _replaced(value[head], rest, new)}
+    return [_replaced(v, rest, new) if i == head else v for i, v in enumerate(value)]
+
+
+def _with_hostile_strings(context: Any, cases: Any) -> Any:
+    """A schemathesis `before_generate_case` hook: a valid (positive) case as generated, or
+    with one of its body's strings replaced by a hostile one (it stays valid by the document,
+    so the answer must be a documented 4xx or a success, never a 5xx)."""
+
+    def variants(case: Any) -> Any:
+        meta = case.meta
+        paths = _string_paths(case.body)
+        if meta is None or not meta.generation.mode.is_positive or not paths:
+            return st.just(case)
+
+        def hostile(choice: tuple) -> Any:
+            case.body = _replaced(case.body, *choice)
+            return case
+
+        picks = st.tuples(st.sampled_from(paths), st.sampled_from(HOSTILE_STRINGS))
+        return st.one_of(st.just(case), picks.map(hostile))
+
+    return cases.flatmap(variants)
+
+
 # a fresh seed each run (printed; FACELIB_FUZZ_SEED=N replays a run)
 SEED = int(os.environ.get("FACELIB_FUZZ_SEED") or random.randrange(2**32))
 
@@ -64,7 +111,9 @@ def api_schema(stack: Stack) -> Iterator[Any]:
         }
     )
     with stack.extra_api(FACELIB_UNAUTH_RATE_LIMIT="100000/minute") as url:
-        yield schemathesis.openapi.from_url(f"{url}/openapi.json", config=config)
+        schema = schemathesis.openapi.from_url(f"{url}/openapi.json", config=config)
+        schema.hook("before_generate_case")(_with_hostile_strings)
+        yield schema
 
 
 def test_api_answers_as_its_document_says(api_schema: Any) -> None:
