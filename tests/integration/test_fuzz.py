@@ -1,15 +1,16 @@
 """Property-based fuzzing of the API from its own OpenAPI document (schemathesis).
 
 Every operation of /openapi.json is called over HTTP on an API process of the real stack
-(gunicorn, Postgres, Redis, the worker) with generated valid and invalid requests and an admin token, and
-every response goes through all of schemathesis' checks: no 5xx, status code, content type,
+(gunicorn, Postgres, Redis, the worker) with generated valid and invalid requests and an admin
+token, and every response goes through all of schemathesis' checks: no 5xx, status code, content type,
 headers and body as documented, invalid data refused with a 4xx, valid data not refused.
 
 One allowance, stated here because a JSON schema cannot state it: data valid by the document
 may still be refused for what only the service can check - an idNum's check digit and birth
 date (2003), base64 that is not an image or has no face (3xxx, 4xxx, 422), a library that
-does not exist (2002), a body too large (413). `positive_data_acceptance` therefore also
-accepts 400, 413 and 422; every other check runs as shipped.
+does not exist (2002), a body too large (413), a client key past its failed-try limit (429).
+`positive_data_acceptance` therefore also accepts 400, 413, 422 and 429; every other check
+runs as shipped.
 
 Bounded for a 2-core machine: FACELIB_FUZZ_EXAMPLES (default 15) examples per operation and
 phase (about 1,200 requests, about a minute here), no stateful phase. With the NUL check
