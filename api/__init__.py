@@ -27,7 +27,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config.update(
         RATELIMIT_STORAGE_URI=settings.redis_url,
         RATELIMIT_KEY_PREFIX="facelib-rl",
-        RATELIMIT_SWALLOW_ERRORS=True,  # a Redis hiccup must not refuse requests
+        # fail closed: a Redis error while counting answers 9001, it never lifts the limits
+        RATELIMIT_SWALLOW_ERRORS=False,
     )
 
     from api import (
@@ -46,6 +47,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from api.extensions import limiter
 
     envelope.init_app(app)
+    files.init_app(app)
     limiter.init_app(app)
     audit.init_app(app)
     metrics.init_app(app)

@@ -3,6 +3,7 @@
 Views put what they know in `g`: `g.client` (auth), `g.audit_person_ref` (p:<id> or
 b:<blind index hex>), `g.audit_task_id`. The row is written after the response is built, in
 its own transaction; a failure to write it is logged and does not change the response.
+Unauthenticated requests write one row per source IP and minute, not one each.
 """
 
 from __future__ import annotations
@@ -13,8 +14,40 @@ import time
 from flask import Flask, Response, g, request
 
 from shared.db import transaction
+from shared.queue import get_redis
 
 log = logging.getLogger("api.audit")
+
+# Registrations' rows name the idNum's blind index until it is enrolled; rows of those that never
+# enrolled lose it after this grace period (see sql/0006_security.sql).
+BLIND_REF_GRACE = "1 day"
+_next_purge = {"at": 0.0}
+
+
+def _first_unauthenticated_of_minute() -> bool:
+    """Requests without an authenticated client leave one audit row per source IP and minute
+    (the flood itself is rate limited and counted in /metrics): a flood of bad tokens must not
+    write a row per request."""
+    key = f"facelib-audit-unauth:{request.remote_addr}:{int(time.time() // 60)}"
+    try:
+        return bool(get_redis().set(key, 1, nx=True, ex=120))
+    except Exception:  # noqa: BLE001 - without Redis, keep every row rather than lose them
+        return True
+
+
+def _forget_unenrolled_hourly() -> None:
+    """At most once an hour per process, and once an hour over all processes (Redis lock)."""
+    now = time.monotonic()
+    if now < _next_purge["at"]:
+        return
+    _next_purge["at"] = now + 3600
+    try:
+        if not get_redis().set("facelib-audit-forget", 1, nx=True, ex=3600):
+            return
+        with transaction() as conn:
+            conn.execute("SELECT audit_forget_unenrolled(%s::interval)", (BLIND_REF_GRACE,))
+    except Exception as exc:  # noqa: BLE001 - the next hour tries again
+        log.error("audit blind-index purge failed: %s", type(exc).__name__)
 
 
 def init_app(app: Flask) -> None:
@@ -28,6 +61,9 @@ def init_app(app: Flask) -> None:
             return resp
         errcode = int(resp.headers.get("X-Errcode", "9000"))
         client = g.get("client")
+        if client is None and not _first_unauthenticated_of_minute():
+            return resp
+        _forget_unenrolled_hourly()
         rule = request.url_rule.rule if request.url_rule else request.path[:200]
         try:
             with transaction() as conn:

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from flask import g, request
 
-from api.extensions import client_key, limiter
+from api.extensions import checked_limit, client_key, limiter, spend
 from shared import repo
 from shared.db import transaction
 from shared.errors import E, FaceLibError
@@ -31,7 +31,19 @@ def bearer_token() -> str:
 
 def _client_rate_limit() -> str:
     client = g.get("client")
-    return (client and client.get("rate_limit")) or get_settings().rate_limit
+    return checked_limit(client and client.get("rate_limit"), get_settings().rate_limit)
+
+
+def authenticated_client(token: str) -> dict:
+    """The client of a token. Failed authentications are limited per source IP
+    (FACELIB_UNAUTH_RATE_LIMIT): past the limit they answer 7001, and valid tokens from the same
+    address (branches share NAT) are never held back by them."""
+    try:
+        with transaction() as conn:
+            return repo.authenticate(conn, token)
+    except FaceLibError:
+        spend(get_settings().unauth_rate_limit, f"unauth-ip:{request.remote_addr}")
+        raise
 
 
 def require_scope(*scopes: str) -> Callable[[F], F]:
@@ -40,9 +52,12 @@ def require_scope(*scopes: str) -> Callable[[F], F]:
     def decorator(view: F) -> F:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            token = bearer_token()
-            with transaction() as conn:
-                client = repo.authenticate(conn, token)
+            try:
+                token = bearer_token()
+            except FaceLibError:
+                spend(get_settings().unauth_rate_limit, f"unauth-ip:{request.remote_addr}")
+                raise
+            client = authenticated_client(token)
             granted = set(client["scopes"])
             if "admin" not in granted and not granted.intersection(scopes):
                 raise FaceLibError(E.SCOPE_FORBIDDEN, detail=" or ".join(scopes))
@@ -51,6 +66,7 @@ def require_scope(*scopes: str) -> Callable[[F], F]:
 
         # checked after authentication (inside the wrapper), so the limit is the client's own
         limited = limiter.limit(_client_rate_limit, key_func=client_key)(view)
+        wrapper.required_scopes = scopes  # type: ignore[attr-defined] - read by api/openapi.py
         return wrapper  # type: ignore[return-value]
 
     return decorator

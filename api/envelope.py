@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from typing import Any
 
 import psycopg
 import redis
 from flask import Flask, Response, g, jsonify, request
+from limits.errors import StorageError
 from psycopg_pool import PoolTimeout
 from werkzeug.exceptions import (
     HTTPException,
@@ -22,6 +24,7 @@ from shared.errors import E, ErrCode, FaceLibError, envelope
 from shared.logs import request_id_var
 
 log = logging.getLogger("api")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 def respond(
@@ -49,9 +52,17 @@ def error_response(exc: FaceLibError) -> Response:
 def init_app(app: Flask) -> None:
     @app.before_request
     def _request_id() -> None:
-        rid = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
+        rid = request.headers.get("X-Request-Id", "")[:64]
+        if not _REQUEST_ID.fullmatch(rid):  # it reaches logs and the audit row: keep it tame
+            rid = uuid.uuid4().hex
         g.request_id = rid
         request_id_var.set(rid)
+
+    @app.before_request
+    def _request_strings() -> None:
+        from api.schemas import check_request_strings
+
+        check_request_strings()
 
     @app.after_request
     def _headers(resp: Response) -> Response:
@@ -68,7 +79,8 @@ def init_app(app: Flask) -> None:
         if isinstance(exc, NotFound):
             return respond(err=E.NOT_FOUND_ROUTE)
         if isinstance(exc, MethodNotAllowed):
-            return respond(err=E.METHOD_NOT_ALLOWED)
+            allow = ", ".join(sorted(exc.valid_methods or ()))
+            return respond(err=E.METHOD_NOT_ALLOWED, headers={"Allow": allow})
         if isinstance(exc, RequestEntityTooLarge):
             return respond(err=E.BODY_TOO_LARGE)
         if isinstance(exc, TooManyRequests):
@@ -77,7 +89,9 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        if isinstance(exc, psycopg.OperationalError | PoolTimeout | redis.ConnectionError):
+        if isinstance(
+            exc, psycopg.OperationalError | PoolTimeout | redis.RedisError | StorageError
+        ):
             log.error("backing service unavailable: %s", type(exc).__name__)
             return respond(err=E.UNAVAILABLE)
         log.exception("unhandled %s on %s", type(exc).__name__, request.path)

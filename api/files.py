@@ -14,16 +14,30 @@ import base64
 import binascii
 import re
 
-from flask import Blueprint, Response, g, request
+from flask import Blueprint, Flask, Response, g, request
+from werkzeug.routing import PathConverter
 
 from api.auth import require_scope
 from api.envelope import respond
-from api.schemas import json_body
+from api.schemas import FileDeleteData, UploadData, UploadRequest, documented, json_body
 from shared.errors import E, FaceLibError
 from shared.filestore import CONTENT_TYPE, checked_path, delete_file, read_file, store_upload
 from shared.settings import get_settings
 
 bp = Blueprint("files", __name__, url_prefix="/tech/file")
+
+
+class StoredFileConverter(PathConverter):
+    """A stored file's path: anything (checked_path answers 2002 for what is not one) except
+    `upload`, so GET /tech/file/upload is the upload route's 405, as the document says."""
+
+    regex = r"(?!upload$)[^/].*?"
+
+
+def init_app(app: Flask) -> None:
+    """Before the blueprint is registered: its routes use the converter."""
+    app.url_map.converters["stored_file"] = StoredFileConverter
+
 
 _DATA_URL = re.compile(r"^data:image/[a-zA-Z0-9.+-]+;base64,", re.IGNORECASE)
 
@@ -63,6 +77,7 @@ def _uploaded_bytes(limit: int) -> bytes:
 
 @bp.post("/upload")
 @require_scope("file:write")
+@documented(body=UploadRequest, data=UploadData)
 def upload_file() -> Response:
     """Store an image on the file server; answer the path to send as faceImage.data (fds)."""
     s = get_settings()
@@ -83,8 +98,9 @@ def upload_file() -> Response:
     return respond(data, status=201 if created else 200)
 
 
-@bp.get("/<path:path>", merge_slashes=False)
+@bp.get("/<stored_file:path>", merge_slashes=False)
 @require_scope("file:write")
+@documented(produces="image/jpeg")
 def download_file(path: str) -> Response:
     """The stored JPEG of one of this client's files."""
     row, raw = read_file(g.client["id"], checked_path(path), touch=False)
@@ -95,8 +111,9 @@ def download_file(path: str) -> Response:
     return resp
 
 
-@bp.delete("/<path:path>", merge_slashes=False)
+@bp.delete("/<stored_file:path>", merge_slashes=False)
 @require_scope("file:write")
+@documented(data=FileDeleteData)
 def delete_uploaded_file(path: str) -> Response:
     """Delete one of this client's files (jobs still waiting for it will fail with 3008)."""
     delete_file(g.client["id"], checked_path(path))

@@ -7,6 +7,7 @@ import time
 from flask import Blueprint, Response
 
 from api.envelope import respond
+from api.schemas import LiveData, ReadyData, documented
 from shared.db import transaction
 from shared.errors import E
 from shared.queue import get_celery, get_redis
@@ -27,11 +28,13 @@ def _worker_count() -> int:
 
 
 @bp.get("/live")
+@documented(data=LiveData)
 def live() -> Response:
     return respond({"status": "alive"})
 
 
 @bp.get("/ready")
+@documented(data=ReadyData)
 def ready() -> Response:
     checks: dict[str, str] = {}
     try:

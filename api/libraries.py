@@ -6,7 +6,15 @@ from flask import Blueprint, Response, g
 
 from api.auth import require_scope
 from api.envelope import respond
-from api.schemas import LibrarySchema, json_body, load
+from api.schemas import (
+    LibraryData,
+    LibraryDeleteData,
+    LibraryListData,
+    LibrarySchema,
+    documented,
+    json_body,
+    load,
+)
 from shared import repo
 from shared.db import transaction
 from shared.errors import E, FaceLibError
@@ -16,6 +24,7 @@ bp = Blueprint("libraries", __name__, url_prefix="/tech/ai/face/faceLib/library"
 
 @bp.post("/create")
 @require_scope("person:write")
+@documented(body=LibrarySchema, data=LibraryData)
 def create_library() -> Response:
     params = load(LibrarySchema(), json_body())
     with transaction() as conn:
@@ -25,6 +34,7 @@ def create_library() -> Response:
 
 @bp.get("/list")
 @require_scope("person:read", "face:recognize")
+@documented(data=LibraryListData)
 def list_libraries() -> Response:
     with transaction() as conn:
         rows = repo.list_libraries(conn)
@@ -39,6 +49,7 @@ def list_libraries() -> Response:
 
 @bp.post("/delete")
 @require_scope("person:write")
+@documented(body=LibrarySchema, data=LibraryDeleteData)
 def delete_library() -> Response:
     body = json_body()
     params = load(LibrarySchema(), body)

@@ -18,7 +18,20 @@ from marshmallow import EXCLUDE, Schema, fields, validate
 
 from api.auth import require_scope
 from api.envelope import respond
-from api.schemas import PERSON_TYPES, json_body, load, validated_id_num
+from api.schemas import (
+    ID_NUM,
+    PERSON_TYPES,
+    FaceDeleteData,
+    FacesData,
+    PersonData,
+    PersonDeleteData,
+    PersonGetData,
+    PersonListData,
+    documented,
+    json_body,
+    load,
+    validated_id_num,
+)
 from shared import persons, repo
 from shared.db import transaction
 from shared.errors import E, FaceLibError
@@ -33,7 +46,7 @@ class _Body(Schema):
 
 
 class PersonLookupSchema(_Body):
-    idNum = fields.String(required=True)
+    idNum = fields.String(required=True, metadata=ID_NUM)
 
 
 class PersonUpdateSchema(PersonLookupSchema):
@@ -48,9 +61,13 @@ class PersonListSchema(_Body):
     namePrefix = fields.String(load_default=None, validate=validate.Length(min=1, max=100))
     createdFrom = fields.AwareDateTime(load_default=None, default_timezone=UTC)
     createdTo = fields.AwareDateTime(load_default=None, default_timezone=UTC)
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=1_000_000))
+    page = fields.Integer(
+        load_default=1, strict=True, validate=validate.Range(min=1, max=1_000_000)
+    )
     pageSize = fields.Integer(
-        load_default=20, validate=validate.Range(min=1, max=persons.LIST_MAX_PAGE_SIZE)
+        load_default=20,
+        strict=True,
+        validate=validate.Range(min=1, max=persons.LIST_MAX_PAGE_SIZE),
     )
 
 
@@ -110,6 +127,7 @@ def _id_num(body: Any, schema: Schema) -> tuple[dict[str, Any], str]:
 
 @bp.post("/get")
 @require_scope("person:read")
+@documented(body=PersonLookupSchema, data=PersonGetData)
 def get_person() -> Response:
     """A person's record by idNum: fields, number of faces, timestamps."""
     _, id_num = _id_num(json_body(), PersonLookupSchema())
@@ -121,6 +139,7 @@ def get_person() -> Response:
 
 @bp.post("/update")
 @require_scope("person:write")
+@documented(body=PersonUpdateSchema, data=PersonData)
 def update_person() -> Response:
     """Change name, personType and/or customerID of a person ("" clears customerID)."""
     params, id_num = _id_num(json_body(), PersonUpdateSchema())
@@ -150,6 +169,7 @@ def update_person() -> Response:
 
 @bp.post("/delete")
 @require_scope("person:write")
+@documented(body=PersonLookupSchema, data=PersonDeleteData)
 def delete_person() -> Response:
     """Erase a person: record, faces, stored images, and every link to them (see shared/persons)."""
     _, id_num = _id_num(json_body(), PersonLookupSchema())
@@ -165,6 +185,7 @@ def delete_person() -> Response:
 
 @bp.post("/list")
 @require_scope("person:read")
+@documented(body=PersonListSchema, data=PersonListData)
 def list_persons() -> Response:
     """Persons page by page, filtered by personType, customerID, name prefix, creation range."""
     params = load(PersonListSchema(), json_body())
@@ -191,6 +212,7 @@ def list_persons() -> Response:
 
 @bp.post("/faces")
 @require_scope("person:read")
+@documented(body=PersonLookupSchema, data=FacesData)
 def list_faces() -> Response:
     """The faces of a person (ids, boxes, quality, model; never the embeddings)."""
     _, id_num = _id_num(json_body(), PersonLookupSchema())
@@ -202,6 +224,7 @@ def list_faces() -> Response:
 
 @bp.post("/face/delete")
 @require_scope("person:write")
+@documented(body=FaceDeleteSchema, data=FaceDeleteData)
 def delete_face() -> Response:
     """Delete one face (and its stored image); the person stays, even with no face left."""
     params = load(FaceDeleteSchema(), json_body())

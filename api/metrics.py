@@ -9,8 +9,11 @@
 
 from __future__ import annotations
 
+import hmac
 import os
+import threading
 import time
+from typing import Any
 
 from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import (
@@ -23,8 +26,11 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+from api.auth import require_scope
+from api.schemas import documented
 from shared.db import transaction
 from shared.queue import QUEUE_CALLBACKS, QUEUE_FACES, get_redis
+from shared.settings import get_settings
 
 REQUESTS = Counter(
     "facelib_http_requests_total", "API requests", ["method", "route", "errcode", "status"]
@@ -35,15 +41,32 @@ LATENCY = Histogram(
     ["method", "route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
+DB_SCRAPES = Counter(
+    "facelib_metrics_db_scrapes_total", "Times the database series were computed (cache misses)"
+)
 STAGE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 bp = Blueprint("metrics", __name__)
 
 
 class DatabaseCollector:
-    """Job, queue and callback series computed from the source of truth at scrape time."""
+    """Job, queue and callback series computed from the source of truth at scrape time, at most
+    once per FACELIB_METRICS_CACHE_SECONDS per process (the aggregates scan the jobs table)."""
+
+    _cache: dict[str, Any] = {"at": -1e18, "families": []}
+    _lock = threading.Lock()
 
     def collect(self):  # noqa: ANN201 - prometheus_client's collector protocol
+        ttl = get_settings().metrics_cache_seconds
+        with self._lock:
+            now = time.monotonic()
+            if now - self._cache["at"] >= ttl:
+                self._cache.update(families=list(self._compute()), at=now)
+                DB_SCRAPES.inc()
+            families = self._cache["families"]
+        yield from families
+
+    def _compute(self):  # noqa: ANN202 - a generator of metric families
         jobs = CounterMetricFamily(
             "facelib_jobs", "Finished jobs by kind and outcome errcode", labels=["kind", "errcode"]
         )
@@ -112,13 +135,34 @@ def _registry() -> CollectorRegistry:
     else:
         registry.register(REQUESTS)
         registry.register(LATENCY)
+        registry.register(DB_SCRAPES)
     registry.register(DatabaseCollector())
     return registry
 
 
-@bp.get("/metrics")
-def metrics() -> Response:
+def _metrics_text() -> Response:
     return Response(generate_latest(_registry()), mimetype=CONTENT_TYPE_LATEST)
+
+
+_scoped_metrics = require_scope("metrics:read")(_metrics_text)
+
+
+@bp.get("/metrics")
+@documented(produces="text/plain")
+def metrics() -> Response:
+    """Prometheus text; needs `Authorization: Bearer <FACELIB_METRICS_TOKEN>` (a static scrape
+    secret) or a token whose client holds metrics:read (or admin)."""
+    secret = get_settings().metrics_token
+    if secret:
+        presented = request.headers.get("Authorization", "").strip()
+        if presented[:7].lower() == "bearer ":
+            presented = presented[7:].strip()
+        if hmac.compare_digest(presented.encode(), secret.encode()):
+            return _metrics_text()
+    return _scoped_metrics()
+
+
+metrics.required_scopes = ("metrics:read",)  # type: ignore[attr-defined] - for the document
 
 
 def init_app(app: Flask) -> None:

@@ -1,220 +1,183 @@
-"""OpenAPI 3 spec generated from the marshmallow schemas (apispec), at /openapi.json, and a
-self-contained docs page at /docs (no CDN: bank networks often have no internet access)."""
+"""The OpenAPI 3 document at /openapi.json, and a self-contained docs page at /docs (no CDN:
+bank networks often have no internet access).
+
+The document is built from the application itself, so it cannot drift: every registered route
+and method is a path operation; its request body, query parameters and the type of `data` in
+its success envelope come from the marshmallow schemas its view declares with
+`api.schemas.documented`, its scopes from `api.auth.require_scope`, its summary from the view's
+docstring. A route whose view declares nothing stops the build (and the tests).
+"""
 
 from __future__ import annotations
 
 import html
-from functools import lru_cache
+import re
 from typing import Any
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
-from flask import Blueprint, Response, jsonify
-from marshmallow import Schema, fields
+from flask import Blueprint, Flask, Response, current_app, jsonify
+from marshmallow import Schema
 
-from api.manage import (
-    FaceDeleteSchema,
-    PersonListSchema,
-    PersonLookupSchema,
-    PersonUpdateSchema,
+from api.schemas import (
+    PERSON_TYPES,
+    AsyncData,
+    JsonNumber,
+    LenientBoolean,
+    PersonTypeFilter,
+    documented,
 )
-from api.schemas import LibrarySchema, RecognizeSchema, RegisterSchema, VerifySchema
-from api.tokens import TokenRequestSchema
 from shared.errors import ERRCODES
 
 bp = Blueprint("openapi", __name__)
 
-
-class EnvelopeSchema(Schema):
-    errcode = fields.Integer(required=True, metadata={"description": "0 success; see errcodes"})
-    errmsg = fields.String(required=True, metadata={"description": '"SUCCESS" or the error'})
-    data = fields.Dict(required=True)
+_METHODS = ("get", "post", "put", "patch", "delete")
+_CONVERTER = re.compile(r"<(?:(?P<conv>[a-z_]+)(?:\([^)]*\))?:)?(?P<name>\w+)>")
+_PARAM_TYPES = {"int": {"type": "integer", "minimum": 0}, "path": {"type": "string"}}
 
 
-class RegisterDataSchema(Schema):
-    ok = fields.String(metadata={"enum": ["true", "false"]})
+def _field_rules(self: Any, field: Any, ret: dict[str, Any], **_: Any) -> dict[str, Any]:
+    """What apispec cannot read from our own field classes."""
+    if isinstance(field, LenientBoolean):
+        ret.pop("type", None)
+        return {"anyOf": [{"type": "boolean"}, {"type": "string", "enum": ["true", "false"]}]}
+    if isinstance(field, JsonNumber):
+        return {"type": "number"}
+    if isinstance(field, PersonTypeFilter):
+        one = {"type": "string", "enum": list(PERSON_TYPES)}
+        out: dict[str, Any] = {
+            "anyOf": [one, {"type": "array", "items": one, "minItems": 1}],
+        }
+        if field.allow_none:
+            out["nullable"] = True
+        return out
+    return {}
 
 
-class RecognizeDataSchema(Schema):
-    idNum = fields.String(metadata={"description": "when isMatch is true"})
-    customerID = fields.String(metadata={"description": "when isMatch is true"})
-    name = fields.String(metadata={"description": "when isMatch is true"})
-    personType = fields.String(metadata={"enum": ["normal", "vip", "inner"]})
-    isMatch = fields.String(metadata={"enum": ["true", "false"]})
-    score = fields.String(metadata={"description": "0-100; 70 = FAR 1/1,000, 80 = 1/10,000"})
-    galleryFaces = fields.Integer(metadata={"description": "faces searched"})
-    falseMatchRate = fields.String(
-        metadata={"description": "chance a stranger scores this high against the gallery"}
-    )
+def _envelope(data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["errcode", "errmsg", "data"],
+        "properties": {
+            "errcode": {"type": "integer"},
+            "errmsg": {"type": "string"},
+            "data": data,
+        },
+    }
 
 
-class AsyncDataSchema(Schema):
-    taskId = fields.String()
-    status = fields.String(metadata={"enum": ["queued", "running", "done", "failed"]})
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _op(summary: str, body: type[Schema] | None, data: str, scopes: str) -> dict[str, Any]:
+def _ref(spec: APISpec, schema: type[Schema]) -> dict[str, Any]:
+    name = re.sub(r"Schema$", "Request", schema.__name__)  # RegisterSchema -> RegisterRequest
+    if name not in spec.components.schemas:
+        spec.components.schema(name, schema=schema)
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _operation(spec: APISpec, view: Any, path_params: list[dict[str, Any]]) -> dict[str, Any]:
+    meta = getattr(view, "openapi", None)
+    if meta is None:
+        raise RuntimeError(f"view {view.__module__}.{view.__name__} is not @documented")
+    scopes = getattr(view, "required_scopes", None)
+    doc = (view.__doc__ or view.__name__).strip().split("\n\n")[0]
     op: dict[str, Any] = {
-        "summary": summary,
-        "security": [{"token": []}],
-        "description": f"Scope: {scopes}. Errcodes: see components.x-errcodes.",
-        "responses": {
+        "summary": " ".join(doc.split()),
+        "operationId": f"{view.__module__.rsplit('.', 1)[-1]}.{view.__name__}",
+        "parameters": list(path_params),
+    }
+    if scopes:
+        op["security"] = [{"token": []}]
+        op["description"] = f"Scope: {' or '.join(scopes)} (or admin)."
+    error = _json(_envelope({"type": "object"}), "An error envelope (errcode != 0)")
+    if meta["envelope"] and meta["produces"] == "application/json":
+        data = _ref(spec, meta["data"]) if meta["data"] else {"type": "object"}
+        ok = _envelope(data)
+        if meta["job"]:
+            op["responses"] = {
+                "200": _json(
+                    _envelope({"anyOf": [data, _ref(spec, AsyncData)]}),
+                    "The result (sync), or the job of a repeated async request",
+                ),
+                "201": _json(ok, "Created"),
+                "202": _json(
+                    _envelope({"type": "object", "required": ["taskId"]}),
+                    "async: the job was queued; or 6002: not finished in time, poll taskId",
+                ),
+                "default": error,
+            }
+        else:
+            op["responses"] = {"200": _json(ok, "Success"), "201": _json(ok, "Created")}
+            op["responses"]["default"] = error
+    else:
+        op["responses"] = {
             "200": {
-                "description": "The envelope; `data` as below (async: taskId and status).",
+                "description": "Success",
                 "content": {
-                    "application/json": {
-                        "schema": {
-                            "allOf": [
-                                {"$ref": "#/components/schemas/Envelope"},
-                                {"properties": {"data": {"$ref": f"#/components/schemas/{data}"}}},
-                            ]
-                        }
+                    meta["produces"]: {
+                        "schema": {"type": "object"}
+                        if meta["produces"] == "application/json"
+                        else {"type": "string"}
                     }
                 },
             },
-            "default": {
-                "description": "An error envelope (errcode != 0)",
-                "content": {
-                    "application/json": {"schema": {"$ref": "#/components/schemas/Envelope"}}
-                },
-            },
-        },
-    }
-    if body is not None:
-        op["requestBody"] = {
-            "required": True,
-            "content": {"application/json": {"schema": body}},
+            "default": error,
         }
+    if meta["body"] is not None:
+        body_ref = _ref(spec, meta["body"])
+        content = {"application/json": {"schema": body_ref}}
+        if meta["body"].__name__ == "UploadRequest":
+            content["multipart/form-data"] = {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            }
+        op["requestBody"] = {"required": True, "content": content}
+    if meta["query"] is not None:
+        op["parameters"] += [{"in": "query", "schema": meta["query"]}]
+    if not op["parameters"]:
+        del op["parameters"]
     return op
 
 
-@lru_cache(maxsize=1)
-def build_spec() -> dict[str, Any]:
+def build_spec(app: Flask) -> dict[str, Any]:
+    """The OpenAPI document of `app`'s registered routes."""
+    plugin = MarshmallowPlugin()
     spec = APISpec(
         title="faceLib",
         version="1.0.0",
         openapi_version="3.0.3",
-        plugins=[MarshmallowPlugin()],
+        plugins=[plugin],
         info={"description": "Face library: enrol verified persons, recognise faces (1:N)."},
     )
+    plugin.converter.add_attribute_function(_field_rules)
     spec.components.security_scheme(
         "token", {"type": "apiKey", "in": "header", "name": "Authorization"}
     )
-    for name, schema in (
-        ("Envelope", EnvelopeSchema),
-        ("RegisterRequest", RegisterSchema),
-        ("RecognizeRequest", RecognizeSchema),
-        ("RegisterData", RegisterDataSchema),
-        ("RecognizeData", RecognizeDataSchema),
-        ("AsyncData", AsyncDataSchema),
-        ("TokenRequest", TokenRequestSchema),
-    ):
-        spec.components.schema(name, schema=schema)
-    base = "/tech/ai/face/faceLib"
-    spec.path(
-        f"{base}/person/reg",
-        operations={
-            "post": _op(
-                "Register a verified person's face", RegisterSchema, "RegisterData", "face:register"
-            )
-        },
-    )
-    spec.path(
-        f"{base}/person/recong",
-        operations={
-            "post": _op(
-                "Recognise a face (1:N)", RecognizeSchema, "RecognizeData", "face:recognize"
-            )
-        },
-    )
-    spec.path(
-        f"{base}/person/verify",
-        operations={
-            "post": _op(
-                "1:1: is this face the person with this idNum?",
-                VerifySchema,
-                "RecognizeData",
-                "face:recognize",
-            )
-        },
-    )
-    for path, summary, body, scope in (
-        (
-            "person/get",
-            "A person's record by idNum (never embeddings)",
-            PersonLookupSchema,
-            "person:read",
-        ),
-        (
-            "person/update",
-            "Update name, personType, customerID",
-            PersonUpdateSchema,
-            "person:write",
-        ),
-        (
-            "person/delete",
-            "Erase a person: record, faces, images, links",
-            PersonLookupSchema,
-            "person:write",
-        ),
-        (
-            "person/list",
-            "List persons with paging and filters (idNum masked)",
-            PersonListSchema,
-            "person:read",
-        ),
-        ("person/faces", "A person's faces (no embeddings)", PersonLookupSchema, "person:read"),
-        ("person/face/delete", "Delete one face", FaceDeleteSchema, "person:write"),
-        ("library/create", "Create a sub-library", LibrarySchema, "person:write"),
-        (
-            "library/delete",
-            "Delete a sub-library and its memberships",
-            LibrarySchema,
-            "person:write",
-        ),
-    ):
-        spec.path(f"{base}/{path}", operations={"post": _op(summary, body, "Envelope", scope)})
-    spec.path(
-        f"{base}/library/list",
-        operations={
-            "get": _op("List sub-libraries", None, "Envelope", "person:read or face:recognize")
-        },
-    )
-    spec.path(
-        "/tech/file/upload",
-        operations={
-            "post": _op(
-                "Upload an image to the file server (multipart `file` or JSON `data` base64); "
-                "returns the `path` to send with origin fds",
-                None,
-                "Envelope",
-                "file:write",
-            )
-        },
-    )
-    spec.path(
-        "/tech/file/{path}",
-        parameters=[{"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}],
-        operations={
-            "get": _op("Download an uploaded image (owner only)", None, "Envelope", "file:write"),
-            "delete": _op("Delete an uploaded image (owner only)", None, "Envelope", "file:write"),
-        },
-    )
-    spec.path(
-        f"{base}/task/{{taskId}}",
-        parameters=[
-            {"name": "taskId", "in": "path", "required": True, "schema": {"type": "string"}}
-        ],
-        operations={"get": _op("Poll a job", None, "AsyncData", "face:register or face:recognize")},
-    )
-    spec.path(
-        "/tech/ai/core/token",
-        operations={
-            "post": _op(
-                "Issue a token from client key and secret", TokenRequestSchema, "AsyncData", "none"
-            )
-        },
-    )
+    paths: dict[str, dict[str, Any]] = {}
+    for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
+        if rule.endpoint == "static":
+            continue
+        view = app.view_functions[rule.endpoint]
+        params = [
+            {
+                "name": m["name"],
+                "in": "path",
+                "required": True,
+                "schema": _PARAM_TYPES.get(m["conv"] or "", {"type": "string"}),
+            }
+            for m in _CONVERTER.finditer(rule.rule)
+        ]
+        path = _CONVERTER.sub(lambda m: "{" + m["name"] + "}", rule.rule)
+        for method in sorted(rule.methods or ()):
+            if method.lower() in _METHODS:
+                paths.setdefault(path, {})[method.lower()] = _operation(spec, view, params)
+    for path, operations in paths.items():
+        spec.path(path, operations=operations)
     out = spec.to_dict()
     out["components"]["x-errcodes"] = [
         {"errcode": e.code, "http": e.http_status, "errmsg": e.message} for e in ERRCODES.values()
@@ -222,14 +185,25 @@ def build_spec() -> dict[str, Any]:
     return out
 
 
+def _spec() -> dict[str, Any]:
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if "facelib.openapi" not in app.extensions:
+        app.extensions["facelib.openapi"] = build_spec(app)
+    return app.extensions["facelib.openapi"]
+
+
 @bp.get("/openapi.json")
+@documented(envelope=False)
 def openapi_json() -> Response:
-    return jsonify(build_spec())
+    """This document."""
+    return jsonify(_spec())
 
 
 @bp.get("/docs")
+@documented(produces="text/html")
 def docs() -> Response:
-    spec = build_spec()
+    """A readable page of this document."""
+    spec = _spec()
     parts = [
         "<!doctype html><meta charset=utf-8><title>faceLib API</title>",
         "<style>body{font-family:sans-serif;max-width:60em;margin:auto}td,th{border:1px solid #ccc;"
@@ -242,7 +216,8 @@ def docs() -> Response:
             if method == "parameters":
                 continue
             parts.append(
-                f"<h2>{method.upper()} {html.escape(path)}</h2><p>{html.escape(op['summary'])}. {html.escape(op['description'])}</p>"
+                f"<h2>{method.upper()} {html.escape(path)}</h2><p>{html.escape(op['summary'])} "
+                f"{html.escape(op.get('description', ''))}</p>"
             )
     for name, schema in spec["components"]["schemas"].items():
         rows = "".join(

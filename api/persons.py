@@ -6,15 +6,20 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, Response, g, request
+from flask import Blueprint, Response, g
 
 from api.auth import require_scope
 from api.envelope import respond
 from api.schemas import (
+    RecognizeData,
     RecognizeSchema,
+    RegisterData,
     RegisterSchema,
+    VerifyData,
     VerifySchema,
     decode_self_image,
+    documented,
+    idempotency_key,
     json_body,
     load,
     person_types,
@@ -61,7 +66,7 @@ def _run(
         problem = callback_url_problem(callback_url, settings.callback_allow_private)
         if problem:
             raise FaceLibError(E.PARAM_INVALID, detail=f"callbackUrl: {problem}")
-    request_id = params["requestId"] or request.headers.get("Idempotency-Key") or None
+    request_id = params["requestId"] or idempotency_key()
     if params["async_"] and queue_depth() > settings.queue_max_depth:
         raise FaceLibError(E.BUSY, detail=f"more than {settings.queue_max_depth} jobs waiting")
     meta = {
@@ -102,6 +107,7 @@ def _submit_job(kind: str, **fields: Any) -> tuple[dict[str, Any], bool]:
 
 @bp.post("/reg")
 @require_scope("face:register")
+@documented(body=RegisterSchema, data=RegisterData, job=True)
 def register() -> Response:
     """Register a verified person's face (sync, or async with a callback)."""
     body = json_body()
@@ -125,13 +131,14 @@ def register() -> Response:
 
 @bp.post("/recong")
 @require_scope("face:recognize")
+@documented(body=RecognizeSchema, data=RecognizeData, job=True)
 def recognize() -> Response:
     """Recognise a face: the enrolled person it belongs to, and the score."""
     body = json_body()
     params = load(RecognizeSchema(), body)
     client = g.client
     meta: dict[str, Any] = {
-        "threshold": params["threshold"],
+        **decision_floor(client, params["threshold"]),
         "personTypes": person_types(params["personType"]),
         "matchMode": params["matchMode"],
         "galleryTarget": params["galleryTarget"] or client.get("gallery_target"),
@@ -144,6 +151,7 @@ def recognize() -> Response:
 
 @bp.post("/verify")
 @require_scope("face:recognize")
+@documented(body=VerifySchema, data=VerifyData, job=True)
 def verify() -> Response:
     """1:1 verification: is this face the person with this idNum?"""
     body = json_body()
@@ -151,8 +159,33 @@ def verify() -> Response:
     id_num = validated_id_num(params["idNum"])
     with transaction() as conn:
         person = repo.find_person(conn, get_settings(), id_num)
-    if person is None:
+    # A client that may not read persons must not learn whether an idNum is enrolled: for it an
+    # unknown idNum runs the same job and answers exactly as a face that does not match
+    # (isMatch "false", no score); clients with person:read get 5001.
+    conceal = not _may_read_persons(g.client)
+    if person is None and not conceal:
         raise FaceLibError(E.PERSON_NOT_FOUND, data={"isMatch": "false"})
-    g.audit_person_ref = f"p:{person['id']}"
-    meta = {"personId": person["id"], "threshold": params["threshold"]}
+    if person is not None:
+        g.audit_person_ref = f"p:{person['id']}"
+    meta = {
+        "personId": person["id"] if person is not None else None,
+        "concealAbsence": conceal,
+        **decision_floor(g.client, params["threshold"]),
+    }
     return _run(params, body, meta, functools.partial(_submit_job, "verify"))
+
+
+def _may_read_persons(client: dict[str, Any]) -> bool:
+    return bool({"person:read", "admin"} & set(client["scopes"]))
+
+
+def decision_floor(client: dict[str, Any], threshold: float | None) -> dict[str, float]:
+    """The match rule of a request: its `threshold` may only tighten the client's floor
+    (api_clients.match_floor, default FACELIB_MATCH_THRESHOLD); below the floor no answer
+    names a person, whatever the request sends (the worker applies the floor again)."""
+    floor = client.get("match_floor")
+    floor = get_settings().match_threshold if floor is None else float(floor)
+    meta: dict[str, float] = {"floor": floor}
+    if threshold is not None:
+        meta["threshold"] = max(float(threshold), floor)
+    return meta

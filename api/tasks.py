@@ -6,6 +6,14 @@ from flask import Blueprint, Response, g, request
 
 from api.auth import require_scope
 from api.envelope import respond
+from api.schemas import (
+    CallbackQuery,
+    DeliveriesData,
+    ReplayData,
+    TaskData,
+    documented,
+    load,
+)
 from shared import repo
 from shared.db import transaction
 from shared.errors import E, FaceLibError
@@ -29,6 +37,7 @@ def _delivery_json(row: dict) -> dict:
 
 @bp.get("/task/<task_id>")
 @require_scope("face:register", "face:recognize")
+@documented(data=TaskData)
 def get_task(task_id: str) -> Response:
     """Status of a job; once finished, `result` holds the envelope the sync call would give."""
     with transaction() as conn:
@@ -55,23 +64,21 @@ def get_task(task_id: str) -> Response:
 
 @bp.get("/callbacks")
 @require_scope("face:register", "face:recognize")
+@documented(query=CallbackQuery, data=DeliveriesData)
 def list_callbacks() -> Response:
     """This client's callback deliveries, newest first; `?status=dead` for the dead letters."""
-    status = request.args.get("status")
-    if status not in (None, "pending", "delivering", "delivered", "dead"):
-        raise FaceLibError(E.PARAM_INVALID, detail="status")
-    try:
-        limit = min(max(int(request.args.get("limit", 50)), 1), 500)
-    except ValueError:
-        raise FaceLibError(E.PARAM_INVALID, detail="limit") from None
+    params = load(CallbackQuery(), request.args.to_dict())
     with transaction() as conn:
-        rows = repo.list_deliveries(conn, g.client["id"], status, limit)
+        rows = repo.list_deliveries(
+            conn, g.client["id"], params.get("status"), params.get("limit", 50)
+        )
     items = [_delivery_json(r) for r in rows]
     return respond({"items": items})
 
 
 @bp.post("/callbacks/<int:delivery_id>/replay")
 @require_scope("face:register", "face:recognize")
+@documented(data=ReplayData)
 def replay_callback(delivery_id: int) -> Response:
     """Send a dead-lettered (or already delivered) callback again, with a fresh retry series."""
     with transaction() as conn:

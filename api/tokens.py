@@ -6,10 +6,11 @@ from flask import Blueprint, Response, g, request
 from marshmallow import EXCLUDE, Schema, fields, validate
 
 from api.envelope import respond
-from api.extensions import limiter
-from api.schemas import json_body, load
-from shared import repo
+from api.extensions import exhausted, spend
+from api.schemas import TokenData, documented, json_body, load
+from shared import crypto, repo
 from shared.db import transaction
+from shared.errors import E, FaceLibError
 from shared.settings import get_settings
 
 bp = Blueprint("tokens", __name__, url_prefix="/tech/ai/core")
@@ -24,14 +25,27 @@ class TokenRequestSchema(Schema):
 
 
 @bp.post("/token")
-@limiter.limit("10/minute", key_func=lambda: f"token-ip:{request.remote_addr}")
+@documented(body=TokenRequestSchema, data=TokenData)
 def issue_token() -> Response:
-    """Issue a bearer token for `Authorization` (valid FACELIB_TOKEN_TTL_SECONDS)."""
-    params = load(TokenRequestSchema(), json_body())
+    """Issue a bearer token for `Authorization` (valid FACELIB_TOKEN_TTL_SECONDS).
+
+    Limited per source IP (every request, FACELIB_UNAUTH_RATE_LIMIT) and per client key (failed
+    tries, FACELIB_TOKEN_KEY_RATE_LIMIT): guessing one client's secret from many addresses is
+    bounded, and a neighbour behind the same NAT mistyping a secret does not lock a client out."""
     settings = get_settings()
-    with transaction() as conn:
-        client = repo.client_by_credentials(conn, params["clientKey"], params["clientSecret"])
-        issued = repo.issue_token(conn, client["id"], settings.token_ttl_seconds)
+    spend(settings.unauth_rate_limit, f"token-ip:{request.remote_addr}")
+    params = load(TokenRequestSchema(), json_body())
+    key = f"token-key:{crypto.sha256(params['clientKey']).hex()}"
+    retry = exhausted(settings.token_key_rate_limit, key)
+    if retry is not None:
+        raise FaceLibError(E.RATE_LIMITED, data={"retryAfter": retry})
+    try:
+        with transaction() as conn:
+            client = repo.client_by_credentials(conn, params["clientKey"], params["clientSecret"])
+            issued = repo.issue_token(conn, client["id"], settings.token_ttl_seconds)
+    except FaceLibError:
+        spend(settings.token_key_rate_limit, key)
+        raise
     g.client = client
     return respond(
         {

@@ -88,11 +88,18 @@ def worker_command(
     return cmd
 
 
+def _bind_host() -> str:
+    """FACELIB_BIND (default 127.0.0.1: only this host reaches the API unless told otherwise)."""
+    from shared.settings import get_settings
+
+    return get_settings().bind_host
+
+
 def api_command(port: int, workers: int = 2, threads: int = 8) -> list[str]:
     return [
         sys.executable, "-m", "gunicorn", "--worker-class", "gthread",
         "--workers", str(workers), "--threads", str(threads),
-        "--bind", f"0.0.0.0:{port}", "--graceful-timeout", "30",
+        "--bind", f"{_bind_host()}:{port}", "--graceful-timeout", "30",
         "--timeout", "120", "api:create_app()",
     ]  # fmt: skip
 
@@ -200,14 +207,19 @@ def cmd_client_create(args: argparse.Namespace) -> int:
     from shared.db import transaction
 
     scopes = [s for s in args.scopes.split(",") if s] if args.scopes else None
-    with transaction() as conn:
-        client = repo.create_client(
-            conn,
-            args.name,
-            scopes=scopes,
-            callback_url=args.callback_url,
-            rate_limit=args.rate_limit,
-        )
+    try:
+        with transaction() as conn:
+            client = repo.create_client(
+                conn,
+                args.name,
+                scopes=scopes,
+                callback_url=args.callback_url,
+                rate_limit=args.rate_limit,
+                match_floor=args.match_floor,
+            )
+    except ValueError as exc:  # unknown scope, a rate limit or floor that does not parse
+        print(f"client not created: {exc}", file=sys.stderr)
+        return 2
     print(f"client {client['name']} (id {client['id']}) scopes {','.join(client['scopes'])}")
     print(f"client key:    {client['client_key']}")
     print(f"client secret: {client['client_secret']}   (shown once; only its hash is stored)")
@@ -339,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--scopes", help="comma-separated scopes")
     create.add_argument("--callback-url")
     create.add_argument("--rate-limit", help='e.g. "20/second;500/minute"')
+    create.add_argument(
+        "--match-floor", type=float, help="lowest score that may name a person (default: 70)"
+    )
     create.set_defaults(func=cmd_client_create)
     rotate = client.add_parser("rotate-callback-secret")
     rotate.add_argument("name")

@@ -18,22 +18,32 @@ PERSON_REF = "_personId"
 CANDIDATES = 20
 
 
+def decision_floor(meta: dict[str, Any], settings: Settings) -> float:
+    """The lowest score that may name a person for this job: the client's floor as the API
+    stored it (api_clients.match_floor, default FACELIB_MATCH_THRESHOLD), never less than the
+    service threshold for jobs that carry none."""
+    floor = meta.get("floor")
+    return settings.match_threshold if floor is None else float(floor)
+
+
 def match_decision(
     distance: float, gallery_faces: int, meta: dict[str, Any], settings: Settings
 ) -> tuple[bool, float]:
     """isMatch and the gallery false-match rate, by the request's or the service's rule.
 
-    - a request `threshold` decides alone: score >= threshold (as Baidu's match_threshold);
+    - never below the client's floor (`decision_floor`): a request may tighten, not loosen;
+    - a request `threshold` (>= the floor) then decides alone: score >= threshold;
     - `seed` mode: score >= FACELIB_MATCH_THRESHOLD (70: 1/1,000 per comparison);
     - `gallery` mode (default): also that the chance a stranger scores this high against
       `gallery_faces` faces, 1 - (1 - FAR(score))^N, is at most the target (1% by default).
     """
     score = score_from_distance(distance)
     fmr = false_match_rate(distance, gallery_faces)
+    floor = decision_floor(meta, settings)
+    if score < floor:
+        return False, fmr  # below the client's floor nothing a request sends can name a person
     if meta.get("threshold") is not None:
         return score >= float(meta["threshold"]), fmr
-    if score < settings.match_threshold:
-        return False, fmr
     if (meta.get("matchMode") or settings.match_mode) == "seed":
         return True, fmr
     target = float(meta.get("galleryTarget") or settings.gallery_target)
@@ -80,13 +90,22 @@ def verification_result(
 ) -> dict[str, Any]:
     """1:1: the probe against one person's own faces; the score keeps its per-comparison FAR."""
     meta = job["request_meta"] or {}
-    distance = repo.person_distance(conn, int(meta["personId"]), embedding)
+    person_id = meta.get("personId")
+    distance = None if person_id is None else repo.person_distance(conn, int(person_id), embedding)
+    conceal = bool(meta.get("concealAbsence"))
     if distance is None:
+        if conceal:  # the caller may not learn whether the idNum is enrolled
+            return {"isMatch": "false"}
         raise FaceLibError(E.PERSON_NOT_FOUND)
     score = score_from_distance(distance)
-    threshold = meta.get("threshold")
-    threshold = settings.match_threshold if threshold is None else float(threshold)
-    return {"isMatch": "true" if score >= threshold else "false", "score": format_score(score)}
+    threshold = max(float(meta.get("threshold") or 0.0), decision_floor(meta, settings))
+    if score < threshold:
+        # without person:read a no-match carries no score: it would tell "enrolled, not this
+        # face" from "not enrolled"
+        return (
+            {"isMatch": "false"} if conceal else {"isMatch": "false", "score": format_score(score)}
+        )
+    return {"isMatch": "true", "score": format_score(score)}
 
 
 def duplicate_of(

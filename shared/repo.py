@@ -14,7 +14,7 @@ from psycopg.types.json import Jsonb
 
 from shared import crypto
 from shared.errors import E, FaceLibError
-from shared.settings import Settings
+from shared.settings import Settings, rate_limit_valid
 
 # --- clients and tokens ------------------------------------------------------------------------
 
@@ -24,6 +24,7 @@ ALL_SCOPES = (
     "person:read",
     "person:write",
     "file:write",
+    "metrics:read",
     "admin",
 )
 
@@ -34,16 +35,22 @@ def create_client(
     scopes: list[str] | None = None,
     callback_url: str | None = None,
     rate_limit: str | None = None,
+    match_floor: float | None = None,
 ) -> dict[str, Any]:
     scopes = list(scopes or ["face:register", "face:recognize"])
     unknown = set(scopes) - set(ALL_SCOPES)
     if unknown:
         raise ValueError(f"unknown scopes: {sorted(unknown)}")
+    if rate_limit is not None and not rate_limit_valid(rate_limit):
+        raise ValueError(f"rate limit {rate_limit!r} does not parse (e.g. 20/second;500/minute)")
+    if match_floor is not None and not 0 <= match_floor <= 100:
+        raise ValueError("match floor must be a score from 0 to 100")
     client_key = "flk_" + crypto.new_secret(12)
     client_secret = crypto.new_secret(32)
     row = conn.execute(
         "INSERT INTO api_clients (name, scopes, callback_url, callback_secret, client_key,"
-        " secret_hash, rate_limit) VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING *",
+        " secret_hash, rate_limit, match_floor) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+        " RETURNING *",
         (
             name,
             scopes,
@@ -52,6 +59,7 @@ def create_client(
             client_key,
             crypto.sha256(client_secret),
             rate_limit,
+            match_floor,
         ),
     ).fetchone()
     assert row is not None
@@ -546,11 +554,13 @@ def get_person(conn: psycopg.Connection, person_id: int) -> dict[str, Any] | Non
 
 
 def decrypt_id_num(settings: Settings, person: dict[str, Any]) -> str:
-    return crypto.decrypt(
-        settings.encryption_key,
-        bytes(person["id_num_encrypted"]),
-        aad=bytes(person["id_num_index"]),
-    )
+    """The idNum, decrypted with the key whose id is stored beside it (rotation: old ids stay
+    readable while FACELIB_ENCRYPTION_KEY encrypts new rows)."""
+    key_id = person.get("id_num_key_id") or settings.encryption_key_id
+    key = settings.encryption_keys.get(key_id)
+    if key is None:
+        raise KeyError(f"no key with id {key_id!r}: add it to FACELIB_ENCRYPTION_KEYS")
+    return crypto.decrypt(key, bytes(person["id_num_encrypted"]), aad=bytes(person["id_num_index"]))
 
 
 # --- callbacks ---------------------------------------------------------------------------------

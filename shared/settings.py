@@ -86,6 +86,9 @@ class Settings:
     index_key: bytes = field(repr=False)
     encryption_key: bytes = field(repr=False)
     encryption_key_id: str = "k1"
+    # Older keys by id (FACELIB_ENCRYPTION_KEYS), kept to decrypt what they encrypted (rotation).
+    encryption_keys: dict[str, bytes] = field(default_factory=dict, repr=False)
+    bind_host: str = "127.0.0.1"
     port: int = 7007
     token_ttl_seconds: int = 24 * 3600
     sync_timeout_seconds: float = 30.0
@@ -120,6 +123,10 @@ class Settings:
     sweep_interval_seconds: float = 5.0
     queue_max_depth: int = 10_000
     rate_limit: str = "50/second;1000/minute"
+    unauth_rate_limit: str = "30/minute"
+    token_key_rate_limit: str = "10/minute"  # noqa: S105 - a rate, not a secret
+    metrics_token: str | None = field(default=None, repr=False)
+    metrics_cache_seconds: float = 15.0
     log_level: str = "INFO"
     # File server (origin fds): where uploads live and how they are "compressed".
     files_dir: str = "./var/files"
@@ -137,6 +144,53 @@ class Settings:
     fetch_allowlist: tuple[str, ...] = ()
     fetch_max_bytes: int = 10 * 1024 * 1024
     fetch_timeout_seconds: float = 10.0
+
+
+def _rate_limit(name: str, default: str) -> str:
+    """A flask-limiter limit string ("50/second;1000/minute"), checked now: a limit that does
+    not parse must stop the process, never silently turn the limit off."""
+    raw = _env(name, default) or default
+    if not rate_limit_valid(raw):
+        raise SettingsError(f"{name} must be like 50/second;1000/minute, got {raw!r}")
+    return raw
+
+
+def rate_limit_valid(raw: str | None) -> bool:
+    """True when `raw` is a non-empty limit string the limiter understands."""
+    from limits import parse_many
+
+    if not raw or not raw.strip():
+        return False
+    try:
+        return bool(parse_many(raw))
+    except ValueError:
+        return False
+
+
+def _encryption_keys(current_id: str, current: bytes) -> dict[str, bytes]:
+    """FACELIB_ENCRYPTION_KEYS: "k0:<base64>,k-old:<base64>" - earlier keys, by the id stored
+    beside each ciphertext, so rotation needs no re-encryption first."""
+    keys: dict[str, bytes] = {}
+    for item in (_env("FACELIB_ENCRYPTION_KEYS", "") or "").split(","):
+        if not item.strip():
+            continue
+        key_id, sep, raw = item.strip().partition(":")
+        if not sep or not key_id:
+            raise SettingsError("FACELIB_ENCRYPTION_KEYS must be id:base64[,id:base64...]")
+        try:
+            key = base64.b64decode(raw.strip(), validate=True)
+        except ValueError as exc:
+            raise SettingsError(f"FACELIB_ENCRYPTION_KEYS: key {key_id!r} is not base64") from exc
+        if len(key) != 32:
+            raise SettingsError(f"FACELIB_ENCRYPTION_KEYS: key {key_id!r} must be 32 bytes")
+        keys[key_id.strip()] = key
+    if keys.get(current_id, current) != current:
+        raise SettingsError(
+            f"FACELIB_ENCRYPTION_KEYS gives id {current_id!r} another key than"
+            " FACELIB_ENCRYPTION_KEY"
+        )
+    keys[current_id] = current
+    return keys
 
 
 def _schedule(raw: str) -> tuple[int, ...]:
@@ -208,12 +262,16 @@ def load_settings() -> Settings:
             "REDIS_URL is required (e.g. redis://localhost:6379/0); "
             "`facelib up` sets it for the embedded Redis"
         )
+    encryption_key = _key("FACELIB_ENCRYPTION_KEY")
+    encryption_key_id = _env("FACELIB_ENCRYPTION_KEY_ID", "k1") or "k1"
     return Settings(
         database_url=database_url,
         redis_url=redis_url,
         index_key=_key("FACELIB_INDEX_KEY"),
-        encryption_key=_key("FACELIB_ENCRYPTION_KEY"),
-        encryption_key_id=_env("FACELIB_ENCRYPTION_KEY_ID", "k1") or "k1",
+        encryption_key=encryption_key,
+        encryption_key_id=encryption_key_id,
+        encryption_keys=_encryption_keys(encryption_key_id, encryption_key),
+        bind_host=_env("FACELIB_BIND", "127.0.0.1") or "127.0.0.1",
         port=_int("FACELIB_PORT", 7007),
         token_ttl_seconds=_int("FACELIB_TOKEN_TTL_SECONDS", 24 * 3600),
         sync_timeout_seconds=_float("FACELIB_SYNC_TIMEOUT_SECONDS", 30.0),
@@ -250,7 +308,11 @@ def load_settings() -> Settings:
         ),
         sweep_interval_seconds=_float("FACELIB_SWEEP_INTERVAL_SECONDS", 5.0),
         queue_max_depth=_int("FACELIB_QUEUE_MAX_DEPTH", 10_000),
-        rate_limit=_env("FACELIB_RATE_LIMIT", "50/second;1000/minute") or "50/second",
+        rate_limit=_rate_limit("FACELIB_RATE_LIMIT", "50/second;1000/minute"),
+        unauth_rate_limit=_rate_limit("FACELIB_UNAUTH_RATE_LIMIT", "30/minute"),
+        token_key_rate_limit=_rate_limit("FACELIB_TOKEN_KEY_RATE_LIMIT", "10/minute"),
+        metrics_token=_env("FACELIB_METRICS_TOKEN"),
+        metrics_cache_seconds=_float("FACELIB_METRICS_CACHE_SECONDS", 15.0),
         log_level=_env("FACELIB_LOG_LEVEL", "INFO") or "INFO",
         files_dir=_env("FACELIB_FILES_DIR")
         or os.path.join(_env("FACELIB_HOME", "./var") or "./var", "files"),
