@@ -170,4 +170,9 @@ def test_compose_file_names_the_services_and_settings_the_code_reads() -> None:
     env = services["api"]["environment"]
     required = {"DATABASE_URL", "REDIS_URL", "FACELIB_INDEX_KEY", "FACELIB_ENCRYPTION_KEY"}
     assert required <= set(env)
-    assert set(env) <= read_by_code  # compose sets nothing the code ignores
+    # compose sets nothing the code ignores (prometheus_client itself reads its multiprocess dir)
+    assert set(env) - {"PROMETHEUS_MULTIPROC_DIR"} <= read_by_code
+    for name in ("api", "worker", "callbacks-worker", "beat", "migrate"):
+        assert services[name]["env_file"] == [".env"], name  # every .env setting reaches the app
+    assert "--queues" in services["callbacks-worker"]["command"]
+    assert "callbacks" in services["callbacks-worker"]["command"]

@@ -389,7 +389,7 @@ def test_metrics_need_a_scope_or_the_scrape_token_and_cache_the_aggregates(
     assert wrong.status_code == 401
 
 
-def test_compose_guards_flower_and_redis_and_up_binds_localhost() -> None:
+def test_compose_guards_flower_and_redis_and_up_binds_localhost(stack: Stack) -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
     flower = services["flower"]
@@ -401,6 +401,7 @@ def test_compose_guards_flower_and_redis_and_up_binds_localhost() -> None:
     assert "REDIS_PASSWORD=" in (ROOT / ".env.example").read_text()
     from shared.cli import api_command
 
+    assert "FACELIB_BIND" not in stack.env  # the default bind, not one the stack chose
     assert "127.0.0.1:7007" in api_command(7007)
 
 
