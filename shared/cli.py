@@ -245,10 +245,17 @@ def cmd_client_rotate(args: argparse.Namespace) -> int:
         client = _named_client(conn, args.name)
         if client is None:
             return 2
-        secret = repo.rotate_callback_secret(conn, client["id"])
-    print(
-        f"new callback signing secret: {secret} (the previous one also signs until next rotation)"
-    )
+        if args.finish:
+            repo.drop_previous_callback_secret(conn, client["id"])
+        else:
+            secret = repo.rotate_callback_secret(conn, client["id"])
+    if args.finish:
+        print("the previous callback signing secret no longer signs")
+    else:
+        print(
+            f"new callback signing secret: {secret} (the previous one also signs until "
+            "`rotate-callback-secret --finish`)"
+        )
     return 0
 
 
@@ -357,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     create.set_defaults(func=cmd_client_create)
     rotate = client.add_parser("rotate-callback-secret")
     rotate.add_argument("name")
+    rotate.add_argument(
+        "--finish", action="store_true", help="end the overlap: stop signing with the old secret"
+    )
     rotate.set_defaults(func=cmd_client_rotate)
     token = sub.add_parser("token").add_subparsers(dest="token_command", required=True)
     issue = token.add_parser("issue")

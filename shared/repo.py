@@ -81,7 +81,8 @@ def client_by_credentials(
 
 
 def rotate_callback_secret(conn: psycopg.Connection, client_id: int) -> str:
-    """New signing secret; the previous one keeps signing too until the next rotation."""
+    """New signing secret; the one it replaces keeps signing too until the overlap ends
+    (`drop_previous_callback_secret`) or the next rotation replaces it."""
     secret = crypto.new_webhook_secret()
     conn.execute(
         "UPDATE api_clients SET callback_secret_previous = callback_secret,"
@@ -89,6 +90,14 @@ def rotate_callback_secret(conn: psycopg.Connection, client_id: int) -> str:
         (secret, client_id),
     )
     return secret
+
+
+def drop_previous_callback_secret(conn: psycopg.Connection, client_id: int) -> None:
+    """End a rotation's overlap: callbacks are signed with the current secret only."""
+    conn.execute(
+        "UPDATE api_clients SET callback_secret_previous = NULL, updated_at = now() WHERE id = %s",
+        (client_id,),
+    )
 
 
 def get_client_by_name(conn: psycopg.Connection, name: str) -> dict[str, Any] | None:

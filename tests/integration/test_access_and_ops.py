@@ -183,3 +183,27 @@ def test_openapi_spec_lists_endpoints_and_every_errcode(stack: Stack) -> None:
     assert {e["errcode"] for e in spec["components"]["x-errcodes"]} == set(ERRCODES)
     page = stack.get("/docs", None)
     assert page.status_code == 200 and "4001" in page.text and "RegisterRequest" in page.text
+
+
+def test_callback_secret_rotation_overlaps_then_finishes(stack: Stack, capsys) -> None:
+    from shared.cli import main
+
+    client = stack.client()
+    assert main(["client", "rotate-callback-secret", client["name"]]) == 0
+    new_secret = capsys.readouterr().out.split("secret: ")[1].split()[0]
+    with stack.db() as conn:
+        row = conn.execute(
+            "SELECT callback_secret, callback_secret_previous FROM api_clients WHERE id = %s",
+            (client["id"],),
+        ).fetchone()
+    assert row["callback_secret"] == new_secret
+    assert row["callback_secret_previous"] == client["callback_secret"]  # both sign meanwhile
+
+    assert main(["client", "rotate-callback-secret", client["name"], "--finish"]) == 0
+    with stack.db() as conn:
+        row = conn.execute(
+            "SELECT callback_secret, callback_secret_previous FROM api_clients WHERE id = %s",
+            (client["id"],),
+        ).fetchone()
+    assert row["callback_secret"] == new_secret
+    assert row["callback_secret_previous"] is None
