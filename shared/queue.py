@@ -64,6 +64,11 @@ def make_celery() -> Celery:
             "purge-expired": {"task": TASK_PURGE_EXPIRED, "schedule": 3600.0},
         },
         worker_hijack_root_logger=False,
+        # our JSON logging writes to the real stderr (worker.celery_app): no stdout proxying
+        worker_redirect_stdouts=False,
+        # models are shared from the main process, so a child is up in milliseconds; the
+        # margin covers a fork on a machine under heavy load (Celery's default is 4 s)
+        worker_proc_alive_timeout=30.0,
         worker_send_task_events=True,
         task_send_sent_event=True,
     )

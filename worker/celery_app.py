@@ -1,13 +1,21 @@
 """The Celery worker application: `celery -A worker.celery_app worker`.
 
-Models load once per worker process, after the fork (worker_process_init), never per task.
+- Models load once, in the main process before the pool forks (`worker_init`); each pool
+  process adopts them copy-on-write (`worker_process_init`), so a new child is up in
+  milliseconds, not after a model load that can outlast Celery's start-up timeout under load.
+- Logging: Celery does not configure logging (`setup_logging` is connected); every process,
+  pool children included, writes our JSON lines to the real stderr.
+- Broker restarts: a guard around kombu's restore of unacknowledged messages on channel close
+  (see `_guard_kombu_restore_unacked`), so a Redis restart never kills the worker.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
+import time
 
-from celery.signals import worker_process_init
+from celery.signals import setup_logging, worker_init, worker_process_init
 
 from shared.db import close_pool
 from shared.logs import configure_logging
@@ -20,10 +28,86 @@ app.conf.include = ["worker.tasks", "worker.file_tasks"]
 log = logging.getLogger(__name__)
 
 
-@worker_process_init.connect
-def _init_worker_process(**_: object) -> None:
+def _configure_logging() -> None:
     configure_logging(get_settings().log_level)
-    close_pool()  # never reuse the parent's connections in a forked child
+    # Celery's stdout/stderr redirection may have replaced sys.stderr with a proxy that logs
+    # back into the root logger; our handler must write to the process's real stderr
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(sys.__stderr__)
+
+
+@setup_logging.connect
+def _setup_logging(**_: object) -> None:
+    """Connected, so Celery leaves the root logger to us (JSON lines on stderr)."""
+    _configure_logging()
+
+
+def _guard_kombu_restore_unacked() -> None:
+    """Keep the worker alive when Redis goes away (issue #12 item 4).
+
+    kombu 5.7.0 (the newest release when this was written; no upstream fix yet) restores the
+    channel's unacknowledged messages when the channel closes. When the close follows a lost
+    connection, the transport's `client` is already None, and building a Redis client for the
+    restore raises `AttributeError: 'NoneType' object has no attribute 'hostname'` in
+    `_connparams`, which Celery treats as unrecoverable: the worker exits. With Redis gone the
+    restore cannot succeed anyway; the messages stay in Redis's unacked set (restored after the
+    visibility timeout), and each job's Postgres send deadline or lease re-sends it sooner. So
+    the restore is skipped, with a warning, when the connection is gone or Redis is down.
+    """
+    import redis
+    from kombu.transport import redis as kombu_redis
+
+    original = kombu_redis.QoS.restore_unacked
+    if getattr(original, "_facelib_guarded", False):
+        return
+
+    def restore_unacked(self: kombu_redis.QoS, client: object = None) -> None:
+        connection = getattr(self.channel, "connection", None)
+        if client is None and (connection is None or getattr(connection, "client", None) is None):
+            log.warning(
+                "broker connection gone: %d unacked message(s) left to the visibility timeout"
+                " and the sweeper",
+                len(self._delivered),
+            )
+            self._delivered.clear()
+            return
+        try:
+            original(self, client)
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            log.warning("could not restore unacked messages (%s)", type(exc).__name__)
+            self._delivered.clear()
+
+    restore_unacked._facelib_guarded = True  # type: ignore[attr-defined]
+    kombu_redis.QoS.restore_unacked = restore_unacked  # type: ignore[method-assign]
+
+
+_guard_kombu_restore_unacked()
+
+
+@worker_init.connect
+def _load_models_before_fork(**_: object) -> None:
+    """In the main process, before the pool forks: load the face models once."""
+    _configure_logging()
     from worker.tasks import engine
 
-    engine()  # load dlib models now, so the first job doesn't pay for it
+    t = time.monotonic()
+    engine()
+    log.info("face models loaded in the main process in %.2f s", time.monotonic() - t)
+
+
+@worker_process_init.connect
+def _init_worker_process(**_: object) -> None:
+    t = time.monotonic()
+    _configure_logging()
+    close_pool()  # never reuse the parent's connections in a forked child
+    from worker.engine.engine import adopt_parent_engines
+    from worker.tasks import engine
+
+    adopted = adopt_parent_engines()
+    engine()  # a no-op when adopted; otherwise (models not preloaded) loads them now
+    log.info(
+        "pool process ready in %.1f ms (models %s)",
+        (time.monotonic() - t) * 1000,
+        "shared from the main process" if adopted else "loaded",
+    )
