@@ -157,6 +157,7 @@ def run_job(task: Any, job_id: str, kind: str) -> None:
     FACELIB_JOB_MAX_LOST_ATTEMPTS, a guard against an image that kills the worker).
     """
     task_id_var.set(job_id)
+    request_id_var.set(None)  # a pool process runs many tasks: no id from the previous one
     s = get_settings()
     started = time.monotonic()
     try:
@@ -310,6 +311,8 @@ def deliver_callback(delivery_id: int) -> str | None:
 @app.task(name=TASK_SWEEP)
 def sweep() -> dict[str, int]:
     """Re-send jobs past their send deadline or lease, and dispatch callback attempts due."""
+    task_id_var.set(None)
+    request_id_var.set(None)
     s = get_settings()
     with transaction() as conn:
         jobs = repo.jobs_to_resend(conn, s.job_send_timeout_seconds)

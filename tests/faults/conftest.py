@@ -94,10 +94,7 @@ class FaultStack(Stack):
         self.redis.start()
 
     def stop_pg(self) -> None:
-        from pgserver._commands import pg_ctl
-
-        user = "pgserver" if os.geteuid() == 0 else None
-        pg_ctl(["-w", "-m", "immediate", "stop"], pgdata=self.pg.data_dir, user=user)
+        self.pg.stop(mode="immediate")
 
     def start_pg(self) -> None:
         self.pg.start()

@@ -75,7 +75,8 @@ def test_redis_sigkill_and_restart_x5(fstack: FaultStack) -> None:
 
     def submitter() -> None:
         while not done.is_set():
-            ids.extend(fstack.submit_regs(4, threads=2))
+            ids.extend(fstack.submit_regs(2, threads=2))
+            time.sleep(0.5)  # a steady stream, not a flood
 
     t = threading.Thread(target=submitter)
     t.start()
