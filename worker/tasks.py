@@ -135,6 +135,22 @@ def _lease_seconds() -> float:
 
 CLAIM_RETRIES = 5  # then the message is dropped; the job's send deadline brings it back
 
+# Jobs this process failed to give back (database down at the time): released by its next task
+# (a job, or the sweep every few seconds) once the database answers, so they do not wait for
+# their lease to run out. Should this process die first, the lease still brings them back.
+_pending_releases: dict[str, float] = {}
+
+
+def _flush_pending_releases() -> None:
+    for job_id, resend_after in list(_pending_releases.items()):
+        try:
+            with transaction() as conn:
+                repo.release_job(conn, job_id, resend_after)
+        except TRANSIENT:
+            return
+        del _pending_releases[job_id]
+        log.info("job %s released after the database came back", job_id)
+
 
 def _fail(job: dict[str, Any], kind: str, err: FaceLibError, errmsg: str | None = None) -> None:
     with transaction() as conn:
@@ -160,6 +176,7 @@ def run_job(task: Any, job_id: str, kind: str) -> None:
     request_id_var.set(None)  # a pool process runs many tasks: no id from the previous one
     s = get_settings()
     started = time.monotonic()
+    _flush_pending_releases()
     try:
         with transaction() as conn:
             outcome, job = repo.claim_job(conn, job_id, _lease_seconds())
@@ -252,9 +269,8 @@ def run_job(task: Any, job_id: str, kind: str) -> None:
             # if the retry message below is lost, the send deadline brings the job back
             repo.release_job(conn, job_id, countdown + s.job_send_timeout_seconds)
     except TRANSIENT as exc:
-        log.warning(
-            "job %s: not released (%s); its lease brings it back", job_id, type(exc).__name__
-        )
+        log.warning("job %s: not released yet (%s)", job_id, type(exc).__name__)
+        _pending_releases[job_id] = countdown + s.job_send_timeout_seconds
         return
     try:
         task.retry(countdown=countdown, exc=failure, max_retries=None)
@@ -314,6 +330,7 @@ def sweep() -> dict[str, int]:
     task_id_var.set(None)
     request_id_var.set(None)
     s = get_settings()
+    _flush_pending_releases()
     with transaction() as conn:
         jobs = repo.jobs_to_resend(conn, s.job_send_timeout_seconds)
         deliveries = repo.due_deliveries(
