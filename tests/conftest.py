@@ -169,7 +169,7 @@ class Stack:
         cmd = worker_command(concurrency, self.log_dir / "beat-schedule" if beat else None)
         return self.spawn(name or f"worker-{len(self.procs)}", cmd)
 
-    def wait_workers(self, timeout: float = 90) -> None:
+    def wait_workers(self, timeout: float = 240) -> None:
         deadline = time.monotonic() + timeout
         last = "no answer"
         while time.monotonic() < deadline:

@@ -34,6 +34,7 @@ def _assert_clean(row: dict[str, Any]) -> None:
     assert row["duplicates"] == 0, row
 
 
+@pytest.mark.timeout(900)
 def test_worker_child_sigkill_x20(fstack: FaultStack) -> None:
     ids = fstack.submit_regs(30)
     kills = 0
@@ -68,6 +69,7 @@ def test_worker_child_sigkill_x20(fstack: FaultStack) -> None:
     assert fstack.procs["worker"].poll() is None
 
 
+@pytest.mark.timeout(900)
 def test_redis_sigkill_and_restart_x5(fstack: FaultStack) -> None:
     worker_pid = fstack.procs["worker"].pid
     ids: list[str] = []
@@ -101,6 +103,7 @@ def test_redis_sigkill_and_restart_x5(fstack: FaultStack) -> None:
     assert fstack.procs["beat"].poll() is None
 
 
+@pytest.mark.timeout(1800)  # FACELIB_SLOW=1: a 10-minute outage
 def test_postgres_immediate_stop_with_jobs_waiting(fstack: FaultStack) -> None:
     outage = 600 if SLOW else 20
     ids = fstack.submit_regs(16)  # most of them wait in Redis: 2 pool processes
@@ -260,6 +263,7 @@ def _up_env(home: Path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.timeout(900)
 def test_worker_main_sigkill_under_facelib_up(tmp_path: Path) -> None:
     """`facelib up` restarts a SIGKILLed worker (Postgres and Redis keep running); a second
     `facelib up` on the same home refuses to start and the first keeps running."""
