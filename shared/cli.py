@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,8 +77,9 @@ def worker_command(
     concurrency: int, beat_schedule: Path | None, queues: str = "faces,callbacks"
 ) -> list[str]:
     """A Celery worker serving `queues`. `facelib up` and the test stack run two pools: "faces"
-    (with beat) and "callbacks" (deliveries, sweep, purge), so that no callback receiver,
-    however slow, holds a process that face jobs need."""
+    and "callbacks" (deliveries, sweep, purge), so that no callback receiver, however slow,
+    holds a process that face jobs need. `facelib up` runs beat as its own process
+    (`beat_command`); `beat_schedule` embeds one in this worker instead (the test stack)."""
     name = queues.split(",")[0]
     cmd = [
         sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
@@ -104,34 +107,154 @@ def api_command(port: int, workers: int = 2, threads: int = 8) -> list[str]:
     ]  # fmt: skip
 
 
+def beat_command(schedule: Path) -> list[str]:
+    """The one beat (sweeper, purges): its own process, so it never outlives or doubles a worker."""
+    return [
+        sys.executable, "-m", "celery", "-A", "worker.celery_app", "beat",
+        "--schedule", str(schedule), "--loglevel", os.environ.get("FACELIB_LOG_LEVEL", "INFO"),
+    ]  # fmt: skip
+
+
+class AlreadyRunning(RuntimeError):
+    pass
+
+
+def acquire_home_lock(var: Path) -> object:
+    """One `facelib up` per FACELIB_HOME: an exclusive lock on var/facelib-up.pid, holding the pid.
+
+    The kernel drops the lock when the process dies, so a crash never leaves a stale lock.
+    Returns the open file (keep it open); raises AlreadyRunning naming the running one.
+    """
+    import fcntl
+
+    path = var / "facelib-up.pid"
+    f = open(path, "a+")  # noqa: SIM115 - held open for the life of the process
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        pid = f.read().strip() or "?"
+        f.close()
+        raise AlreadyRunning(
+            f"facelib up is already running for FACELIB_HOME={var} (pid {pid}, lock {path});"
+            " stop it first, or set another FACELIB_HOME"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+def _pdeathsig_setter() -> Callable[[], None] | None:
+    """A pre-exec hook that makes a child get SIGTERM when the supervisor dies (Linux
+    PR_SET_PDEATHSIG), so nothing is orphaned. libc is loaded here, before any fork: the hook
+    itself only makes one system call."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(1, signal.SIGTERM)
+
+
+class Supervised:
+    """A child process in its own process group, restarted with backoff when it exits."""
+
+    def __init__(self, name: str, cmd: list[str]) -> None:
+        self.name, self.cmd = name, cmd
+        self.preexec = _pdeathsig_setter()
+        self.proc: subprocess.Popen | None = None
+        self.started_at = 0.0
+        self.restarts = 0
+        self.next_start = 0.0
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            self.cmd, cwd=ROOT, start_new_session=True, preexec_fn=self.preexec
+        )
+        self.started_at = time.monotonic()
+
+    def kill_group(self, sig: int) -> None:
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, sig)
+
+    def check(self) -> None:
+        """Restart the child if it exited: its whole group is killed first (pool children, an
+        embedded beat), then it starts again after a backoff of 1, 2, 4 ... 30 s (reset after
+        a minute of running)."""
+        now = time.monotonic()
+        if self.proc is not None and self.proc.poll() is not None:
+            code = self.proc.returncode
+            self.kill_group(signal.SIGKILL)
+            if now - self.started_at > 60:
+                self.restarts = 0
+            delay = min(30.0, 2.0**self.restarts)
+            self.restarts += 1
+            self.next_start = now + delay
+            self.proc = None
+            print(f"{self.name} exited ({code}); restarting in {delay:.0f} s", flush=True)
+        if self.proc is None and now >= self.next_start:
+            self.start()
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            self.kill_group(signal.SIGKILL)
+            return
+        self.kill_group(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        self.kill_group(signal.SIGKILL)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
+    """Run the stack as a small supervisor (docs/reliability.md): Postgres and Redis stay up
+    while a dead worker, beat or API is restarted with backoff; one instance per FACELIB_HOME."""
     t0 = time.monotonic()
     var = home()
     var.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = acquire_home_lock(var)
+    except AlreadyRunning as exc:
+        print(f"facelib up: {exc}", file=sys.stderr)
+        return 3
     ensure_keys(var)
     prom = var / "prometheus"
     shutil.rmtree(prom, ignore_errors=True)
     prom.mkdir()
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(prom))
-    services = start_backing_services(var)
-    from shared.migrate import apply_migrations
-    from shared.settings import get_settings
-
-    settings = get_settings()
-    applied = apply_migrations(settings.database_url)
-    print(f"migrations applied: {applied or 'none (up to date)'}", flush=True)
-    token = _dev_token(args.client)
-    procs: list[subprocess.Popen] = []
+    services: list = []
+    children: list[Supervised] = []
     try:
-        procs.append(
-            subprocess.Popen(
-                worker_command(args.concurrency, var / "celerybeat-schedule", "faces"), cwd=ROOT
-            )
-        )
-        callbacks_pool = worker_command(settings.callback_concurrency, None, "callbacks")
-        procs.append(subprocess.Popen(callbacks_pool, cwd=ROOT))
-        procs.append(subprocess.Popen(api_command(settings.port), cwd=ROOT))
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        services = start_backing_services(var)
+        from shared.migrate import apply_migrations
+        from shared.settings import get_settings
+
+        settings = get_settings()
+        applied = apply_migrations(settings.database_url)
+        print(f"migrations applied: {applied or 'none (up to date)'}", flush=True)
+        token = _dev_token(args.client)
+        from shared.db import close_pool
+
+        close_pool()  # no pool threads in the supervisor while it forks children
+        children = [
+            Supervised("worker", worker_command(args.concurrency, None, "faces")),
+            Supervised(
+                "callbacks-worker",
+                worker_command(settings.callback_concurrency, None, "callbacks"),
+            ),
+            Supervised("beat", beat_command(var / "celerybeat-schedule")),
+            Supervised("api", api_command(settings.port)),
+        ]
+        for child in children:
+            child.start()
         url = f"http://127.0.0.1:{settings.port}"
+        procs = [c.proc for c in children if c.proc is not None]
         if _wait_ready(url, timeout=120, procs=procs):
             print(f"\nfaceLib ready in {time.monotonic() - t0:.1f} s: {url}", flush=True)
             print(f"  readiness: {url}/health/ready", flush=True)
@@ -140,10 +263,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         else:
             print("faceLib did not become ready; see the logs above", file=sys.stderr)
             return 1
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-        while all(p.poll() is None for p in procs):
+        redis_svc = next((s for s in services if hasattr(s, "process")), None)
+        while True:
             time.sleep(0.5)
-        return 1
+            if redis_svc is not None and redis_svc.process.poll() is not None:
+                print("embedded Redis exited; restarting it (AOF keeps the queue)", flush=True)
+                redis_svc.start()
+            for child in children:
+                child.check()
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # uv may forward the same Ctrl-C again
         print("\nstopping...", flush=True)
@@ -152,16 +279,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         # a second Ctrl-C (or uv forwarding the first) must not cut the clean stop short
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        for child in children:
+            child.kill_group(signal.SIGTERM)
+        for child in children:
+            child.stop()
         for svc in reversed(services):
             svc.stop()
+        lock.close()  # type: ignore[attr-defined]
 
 
 def _wait_ready(url: str, timeout: float, procs: list[subprocess.Popen]) -> bool:

@@ -11,6 +11,7 @@ Used by `facelib up` and by the test suite; never when DATABASE_URL / REDIS_URL 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -54,13 +55,19 @@ class EmbeddedPostgres:
         self.admin_url = admin_url
         return server.get_uri(self.database)
 
-    def stop(self) -> None:
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (`mode`: pg_ctl's fast, or immediate to simulate a crash)."""
         from pgserver._commands import pg_ctl
+        from pgserver.postgres_server import PostgresServer
 
         if (self.data_dir / "postmaster.pid").exists():
             user = "pgserver" if os.geteuid() == 0 else None
             with contextlib.suppress(subprocess.CalledProcessError):
-                pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=user)
+                pg_ctl(["-w", "-m", mode, "stop"], pgdata=self.data_dir, user=user)
+        # pgserver caches one handle per data directory: forget it, so start() starts again
+        handle = PostgresServer._instances.pop(self.data_dir.expanduser().resolve(), None)
+        if handle is not None:
+            atexit.unregister(handle._cleanup)  # it would look for the handle dropped here
 
 
 def redis_server_binary() -> str:

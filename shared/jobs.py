@@ -1,9 +1,12 @@
 """Submitting jobs and waiting for them: the API's side of the queue.
 
-A job row (with its inputs) is committed first, then its message is sent to the broker; a job
-whose message never left (broker down, process killed in between) has `enqueued_at` NULL and
-the sweeper re-sends it. A synchronous request waits on a Redis pub/sub channel that the worker
-publishes on after it commits, with the database as the source of truth.
+A job row (with its inputs and a send deadline) is committed in one transaction, then its
+message is sent to the broker, and nothing more is written: a job no worker has claimed by its
+deadline (publish failed, process killed in between, broker lost the message) is re-sent by the
+sweeper. Once that commit succeeded the client gets its taskId whatever happens next (a failed
+send, a database error while a sync request waits). A synchronous request waits on a Redis
+pub/sub channel that the worker publishes on after it commits, with the database as the source
+of truth. docs/reliability.md has the whole state machine.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 import psycopg
 import redis
+from psycopg_pool import PoolTimeout
 
 from shared import crypto, repo
 from shared.db import transaction
@@ -29,19 +33,25 @@ log = logging.getLogger(__name__)
 
 
 def send_job(job_id: str, kind: str) -> bool:
-    """Hand a committed job to the broker; False (and a warning) if the broker is unreachable."""
+    """Hand a committed job to the broker; False (and a warning) if the broker is unreachable.
+
+    Never raises and writes nothing: the job's send deadline was committed with it.
+    """
     try:
         get_celery().send_task(TASK_FOR_KIND[kind], args=[job_id], retry=False)
     except Exception as exc:  # noqa: BLE001 - any broker failure: the sweeper will re-send
-        log.warning("job %s not sent to the broker (%s); the sweeper will re-send it", job_id, exc)
+        log.warning(
+            "job %s not sent to the broker (%s); the sweeper will re-send it",
+            job_id,
+            type(exc).__name__,
+        )
         return False
-    with transaction() as conn:
-        repo.mark_enqueued(conn, job_id)
     return True
 
 
 def submit_job(**fields: Any) -> tuple[dict[str, Any], bool]:
-    """Persist a job (idempotent on requestId) and send it. Returns (job, created)."""
+    """Persist a job (idempotent on requestId) in one commit and send it. Returns (job, created)."""
+    fields.setdefault("send_timeout_seconds", get_settings().job_send_timeout_seconds)
     with transaction() as conn:
         job, created = repo.create_job(**fields, conn=conn)
     if created:
@@ -90,7 +100,11 @@ def job_envelope(conn: psycopg.Connection, job: dict[str, Any]) -> dict[str, Any
 
 
 def wait_for_job(job_id: str, client_id: int, timeout: float) -> dict[str, Any]:
-    """Block until the job is done or failed; FaceLibError(RESULT_TIMEOUT) past the timeout."""
+    """Block until the job is done or failed; FaceLibError(RESULT_TIMEOUT) past the timeout.
+
+    The job is committed: a database error while waiting answers RESULT_TIMEOUT with the taskId
+    too (the job still runs; the client polls it), never "unavailable".
+    """
     deadline = time.monotonic() + timeout
     pubsub = None
     try:
@@ -100,8 +114,16 @@ def wait_for_job(job_id: str, client_id: int, timeout: float) -> dict[str, Any]:
         except redis.RedisError:
             pubsub = None
         while True:
-            with transaction() as conn:
-                job = repo.get_job(conn, job_id, client_id)
+            try:
+                with transaction() as conn:
+                    job = repo.get_job(conn, job_id, client_id)
+            except (psycopg.Error, PoolTimeout) as exc:
+                log.warning(
+                    "job %s: database unavailable while waiting (%s)", job_id, type(exc).__name__
+                )
+                raise FaceLibError(
+                    E.RESULT_TIMEOUT, data={"taskId": job_id, "status": "queued"}
+                ) from None
             if job is None:
                 raise FaceLibError(E.TASK_NOT_FOUND)
             if job["status"] in ("done", "failed"):

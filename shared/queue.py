@@ -21,6 +21,7 @@ TASK_VERIFY = "faces.verify"
 TASK_DELIVER_CALLBACK = "callbacks.deliver"
 TASK_SWEEP = "jobs.sweep"
 TASK_PURGE_FILES = "files.purge"
+TASK_PURGE_EXPIRED = "retention.purge"
 
 QUEUE_FACES = "faces"
 QUEUE_CALLBACKS = "callbacks"
@@ -54,13 +55,20 @@ def make_celery() -> Celery:
             TASK_DELIVER_CALLBACK: {"queue": QUEUE_CALLBACKS},
             TASK_SWEEP: {"queue": QUEUE_CALLBACKS},
             TASK_PURGE_FILES: {"queue": QUEUE_CALLBACKS},
+            TASK_PURGE_EXPIRED: {"queue": QUEUE_CALLBACKS},
         },
         task_default_queue=QUEUE_FACES,
         beat_schedule={
             "sweep": {"task": TASK_SWEEP, "schedule": settings.sweep_interval_seconds},
             "purge-files": {"task": TASK_PURGE_FILES, "schedule": 3600.0},
+            "purge-expired": {"task": TASK_PURGE_EXPIRED, "schedule": 3600.0},
         },
         worker_hijack_root_logger=False,
+        # our JSON logging writes to the real stderr (worker.celery_app): no stdout proxying
+        worker_redirect_stdouts=False,
+        # models are shared from the main process, so a child is up in milliseconds; the
+        # margin covers a fork on a machine under heavy load (Celery's default is 4 s)
+        worker_proc_alive_timeout=30.0,
         worker_send_task_events=True,
         task_send_sent_event=True,
     )

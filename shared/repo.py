@@ -4,6 +4,8 @@ caller decides the transaction (see `shared.db.transaction`)."""
 from __future__ import annotations
 
 import hmac
+import os
+import socket
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -166,15 +168,20 @@ def create_job(
     id_num_encrypted: bytes | None = None,
     person: dict[str, Any] | None = None,
     job_id: uuid.UUID | None = None,
+    send_timeout_seconds: float = 60.0,
 ) -> tuple[dict[str, Any], bool]:
     """Insert a job and its image; with a requestId already used, return the original job.
 
-    Returns (job, created). The same requestId with another request body is refused.
+    Returns (job, created). The same requestId with another request body is refused. The job's
+    send deadline (`lease_expires_at` while queued) is set here, in the accepting commit: a job
+    not claimed by a worker by then is re-sent by the sweeper, so nothing is written after the
+    message is sent.
     """
     job_id = job_id or uuid.uuid4()
     row = conn.execute(
         "INSERT INTO jobs (id, kind, client_id, request_id, request_hash, request_meta,"
-        " callback_url, max_attempts) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+        " callback_url, max_attempts, lease_expires_at)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s))"
         " ON CONFLICT (client_id, request_id) DO NOTHING RETURNING *",
         (
             job_id,
@@ -185,6 +192,7 @@ def create_job(
             Jsonb(meta),
             callback_url,
             max_attempts,
+            send_timeout_seconds,
         ),
     ).fetchone()
     if row is None:
@@ -204,10 +212,6 @@ def create_job(
     return row, True
 
 
-def mark_enqueued(conn: psycopg.Connection, job_id: uuid.UUID | str) -> None:
-    conn.execute("UPDATE jobs SET enqueued_at = now() WHERE id = %s", (job_id,))
-
-
 def get_job(
     conn: psycopg.Connection, job_id: uuid.UUID | str, client_id: int | None = None
 ) -> dict[str, Any] | None:
@@ -222,24 +226,71 @@ def get_job(
     ).fetchone()
 
 
-def start_job(conn: psycopg.Connection, job_id: str, lease_seconds: int) -> dict[str, Any] | None:
-    """Claim a job for this attempt; None when it already finished (a redelivered message)."""
-    return conn.execute(
-        "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = now(),"
-        " lease_expires_at = now() + make_interval(secs => %s)"
-        " WHERE id = %s AND status IN ('queued', 'running') RETURNING *,"
-        " extract(epoch FROM now() - coalesce(enqueued_at, created_at)) AS queue_wait",
-        (lease_seconds, job_id),
-    ).fetchone()
+def lease_owner_dead(owner: str | None) -> bool:
+    """True when `owner` (host:pid) is a process on this host that no longer exists.
+
+    Only a holder on this host can be checked; one elsewhere is trusted until its lease ends.
+    """
+    if not owner or ":" not in owner:
+        return False
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
-def release_job(conn: psycopg.Connection, job_id: str) -> None:
-    """Give a job back to the queue state after a transient failure (it will be retried)."""
-    conn.execute(
-        "UPDATE jobs SET status = 'queued', lease_expires_at = NULL, enqueued_at = now()"
-        " WHERE id = %s AND status = 'running'",
+def this_lease_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def claim_job(
+    conn: psycopg.Connection, job_id: str, lease_seconds: float
+) -> tuple[str, dict[str, Any] | None]:
+    """Claim a job for one attempt under a lease. Returns (outcome, job):
+
+    - ("claimed", job): this process holds the lease now; `job["lost_attempts"]` counts an
+      attempt taken over from a dead holder.
+    - ("busy", None): another live worker holds an unexpired lease (a duplicate message).
+    - ("finished", None): done, failed or unknown (a redelivered message).
+    """
+    row = conn.execute(
+        "SELECT status, lease_expires_at < now() AS expired, lease_owner FROM jobs"
+        " WHERE id = %s FOR UPDATE",
         (job_id,),
-    )
+    ).fetchone()
+    if row is None or row["status"] not in ("queued", "running"):
+        return "finished", None
+    taken_over = row["status"] == "running"
+    if taken_over and not row["expired"] and not lease_owner_dead(row["lease_owner"]):
+        return "busy", None
+    job = conn.execute(
+        "UPDATE jobs SET status = 'running', attempts = attempts + 1,"
+        " lost_attempts = lost_attempts + %s, started_at = now(), lease_owner = %s,"
+        " lease_expires_at = now() + make_interval(secs => %s)"
+        " WHERE id = %s RETURNING *, extract(epoch FROM now() - created_at) AS queue_wait",
+        (int(taken_over), this_lease_owner(), lease_seconds, job_id),
+    ).fetchone()
+    return "claimed", job
+
+
+def release_job(conn: psycopg.Connection, job_id: str, resend_after_seconds: float) -> int:
+    """Give a job back after a transient failure: queued again, one more failed attempt, and a
+    send deadline after the retry's countdown (if the retry message is lost, the sweeper
+    re-sends it). Returns the failed attempts so far (0 if this process lost the lease)."""
+    row = conn.execute(
+        "UPDATE jobs SET status = 'queued', lease_owner = NULL,"
+        " failed_attempts = failed_attempts + 1,"
+        " lease_expires_at = now() + make_interval(secs => %s)"
+        " WHERE id = %s AND status = 'running' AND lease_owner = %s RETURNING failed_attempts",
+        (resend_after_seconds, job_id, this_lease_owner()),
+    ).fetchone()
+    return int(row["failed_attempts"]) if row else 0
 
 
 def load_job_input(conn: psycopg.Connection, job_id: str) -> dict[str, Any] | None:
@@ -257,13 +308,13 @@ def finish_job(
 ) -> dict[str, Any] | None:
     """Record the outcome, drop the inputs (image, personal data), create the callback delivery.
 
-    Returns the delivery row (or None). Only a job still running is finished, so two
+    Returns the delivery row (or None). Only a job still queued or running is finished, so two
     deliveries of the same message cannot both finish it.
     """
     status = "done" if errcode == 0 else "failed"
     cur = conn.execute(
         "UPDATE jobs SET status = %s, errcode = %s, errmsg = %s, result = %s, timings = %s,"
-        " finished_at = now(), lease_expires_at = NULL"
+        " finished_at = now(), lease_expires_at = NULL, lease_owner = NULL"
         " WHERE id = %s AND status IN ('queued', 'running')",
         (status, errcode, errmsg, Jsonb(result), Jsonb(timings or {}), job["id"]),
     )
@@ -291,25 +342,76 @@ def finish_job(
 
 
 def jobs_to_resend(
-    conn: psycopg.Connection, unsent_after_seconds: float, lease_seconds: float
+    conn: psycopg.Connection, send_timeout_seconds: float, limit: int = 500
 ) -> list[dict[str, Any]]:
-    """Jobs whose message never reached the broker, and running jobs whose lease expired.
+    """Jobs to send again, each given a new send deadline in this transaction:
 
-    A running job picked here gets a fresh lease, so it is re-sent once per lease, not on
-    every sweep.
+    - queued jobs past their send deadline (message lost: publish failed, broker lost it,
+      claim retries ran out, a worker died holding it before claiming);
+    - running jobs whose lease expired or whose holder on this host is dead: re-queued, the
+      attempt counted as lost.
+
+    A re-sent job's next deadline grows with its sends (a long backlog is not flooded with
+    copies); duplicate messages are harmless (the claim refuses them).
     """
-    stale = conn.execute(
-        "UPDATE jobs SET lease_expires_at = now() + make_interval(secs => %s)"
-        " WHERE id IN (SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at < now()"
-        "   ORDER BY created_at LIMIT 500 FOR UPDATE SKIP LOCKED) RETURNING id, kind",
-        (lease_seconds,),
+    rows = conn.execute(
+        "SELECT id, kind, status, lease_owner, lease_expires_at < now() AS expired FROM jobs"
+        " WHERE status IN ('queued', 'running')"
+        "   AND (lease_expires_at IS NULL OR lease_expires_at < now()"
+        "        OR (status = 'running' AND starts_with(lease_owner, %s)))"
+        " ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED",
+        (socket.gethostname() + ":", limit),
     ).fetchall()
-    unsent = conn.execute(
-        "SELECT id, kind FROM jobs WHERE status = 'queued' AND enqueued_at IS NULL"
-        " AND created_at < now() - make_interval(secs => %s) ORDER BY created_at LIMIT 500",
-        (unsent_after_seconds,),
+    picked = [
+        r
+        for r in rows
+        if r["expired"] is not False
+        or (r["status"] == "running" and lease_owner_dead(r["lease_owner"]))
+    ]
+    if not picked:
+        return []
+    return conn.execute(
+        "UPDATE jobs SET lost_attempts = lost_attempts + (status = 'running')::int,"
+        " status = 'queued', lease_owner = NULL, sends = sends + 1,"
+        " lease_expires_at = now() + make_interval(secs => least(%s * (sends + 1), 600))"
+        " WHERE id = ANY(%s) RETURNING id, kind",
+        (send_timeout_seconds, [r["id"] for r in picked]),
     ).fetchall()
-    return stale + unsent
+
+
+def purge_expired(
+    conn: psycopg.Connection,
+    *,
+    jobs_days: float,
+    audit_days: float,
+    callback_attempts_days: float,
+    batch: int = 5000,
+) -> dict[str, int]:
+    """Delete rows past their retention, in bounded batches (docs/reliability.md).
+
+    Finished jobs go with their callback delivery, except while that delivery is still pending;
+    callback attempts of deliveries long finished; audit rows past the legal minimum.
+    """
+    jobs = conn.execute(
+        "DELETE FROM jobs WHERE id IN (SELECT j.id FROM jobs j"
+        "  WHERE j.status IN ('done', 'failed')"
+        "    AND j.finished_at < now() - make_interval(days => %s)"
+        "    AND NOT EXISTS (SELECT 1 FROM callback_deliveries d WHERE d.job_id = j.id"
+        "                    AND d.status IN ('pending', 'delivering'))"
+        "  LIMIT %s)",
+        (jobs_days, batch),
+    ).rowcount
+    attempts = conn.execute(
+        "DELETE FROM callback_attempts WHERE id IN (SELECT id FROM callback_attempts"
+        "  WHERE attempted_at < now() - make_interval(days => %s) LIMIT %s)",
+        (callback_attempts_days, batch),
+    ).rowcount
+    audit = conn.execute(
+        "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log"
+        "  WHERE at < now() - make_interval(days => %s) ORDER BY at LIMIT %s)",
+        (audit_days, batch),
+    ).rowcount
+    return {"jobs": jobs, "callback_attempts": attempts, "audit_log": audit}
 
 
 # --- persons and faces ---------------------------------------------------------------------------

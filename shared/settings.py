@@ -78,6 +78,11 @@ def _key(name: str) -> bytes:
 DEFAULT_CALLBACK_SCHEDULE = "5,300,1800,7200,18000,36000,50400,72000,86400"
 
 
+# The audit log is kept at least 5 years whatever FACELIB_AUDIT_RETENTION_DAYS says (the
+# record-keeping period banks are commonly held to; docs/reliability.md).
+AUDIT_MIN_RETENTION_DAYS = 1825.0
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str
@@ -140,6 +145,14 @@ class Settings:
     upload_max_side: int = 1280
     upload_jpeg_quality: int = 90
     file_retention_days: float = 30.0
+    # Reliability (docs/reliability.md): send timeout of a queued job, cap on attempts lost with
+    # their worker, database fail-fast, retention of finished jobs, audit rows, callback attempts.
+    job_send_timeout_seconds: float = 60.0
+    job_max_lost_attempts: int = 5
+    db_pool_timeout_seconds: float = 0.5
+    jobs_retention_days: float = 30.0
+    audit_retention_days: float = 1825.0
+    callback_attempts_retention_days: float = 90.0
     # URL fetching (origin uri): hosts/CIDRs exempt from the address and port policy.
     fetch_allowlist: tuple[str, ...] = ()
     fetch_max_bytes: int = 10 * 1024 * 1024
@@ -326,6 +339,15 @@ def load_settings() -> Settings:
         upload_max_side=_int("FACELIB_UPLOAD_MAX_SIDE", 1280),
         upload_jpeg_quality=_int("FACELIB_UPLOAD_JPEG_QUALITY", 90),
         file_retention_days=_float("FACELIB_FILE_RETENTION_DAYS", 30.0),
+        job_send_timeout_seconds=_float("FACELIB_JOB_SEND_TIMEOUT_SECONDS", 60.0),
+        job_max_lost_attempts=_int("FACELIB_JOB_MAX_LOST_ATTEMPTS", 5),
+        db_pool_timeout_seconds=_float("FACELIB_DB_POOL_TIMEOUT_SECONDS", 0.5),
+        jobs_retention_days=_float("FACELIB_JOBS_RETENTION_DAYS", 30.0),
+        # the audit trail is a legal record: never kept less than AUDIT_MIN_RETENTION_DAYS
+        audit_retention_days=max(
+            AUDIT_MIN_RETENTION_DAYS, _float("FACELIB_AUDIT_RETENTION_DAYS", 1825.0)
+        ),
+        callback_attempts_retention_days=_float("FACELIB_CALLBACK_ATTEMPTS_RETENTION_DAYS", 90.0),
         fetch_allowlist=_allowlist(_env("FACELIB_FETCH_ALLOWLIST", "") or ""),
         fetch_max_bytes=_int("FACELIB_FETCH_MAX_BYTES", 10 * 1024 * 1024),
         fetch_timeout_seconds=_float("FACELIB_FETCH_TIMEOUT_SECONDS", 10.0),

@@ -174,7 +174,7 @@ class Stack:
         cmd = worker_command(concurrency, beat_schedule, queues)
         return self.spawn(name or f"worker-{len(self.procs)}", cmd)
 
-    def wait_workers(self, timeout: float = 90) -> None:
+    def wait_workers(self, timeout: float = 240) -> None:
         deadline = time.monotonic() + timeout
         last = "no answer"
         while time.monotonic() < deadline:
@@ -248,6 +248,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "FACELIB_SWEEP_INTERVAL_SECONDS": "1",
         "FACELIB_SYNC_TIMEOUT_SECONDS": "90",
         "FACELIB_JOB_TIME_LIMIT_SECONDS": "60",
+        "FACELIB_JOB_SEND_TIMEOUT_SECONDS": "15",  # lost messages come back within ~15 s
         "FACELIB_HOME": str(base / "home"),
         "PYTHONUNBUFFERED": "1",
         "PROMETHEUS_MULTIPROC_DIR": str(base / "prometheus"),

@@ -1,15 +1,24 @@
 """The Celery worker application: `celery -A worker.celery_app worker`.
 
-Models load once per worker process, after the fork (worker_process_init), never per task, and
-only in workers that serve face jobs: the callbacks pool (`--queues callbacks`) never needs them.
+- Models load once, in the main process before the pool forks (`worker_init`); each pool
+  process adopts them copy-on-write (`worker_process_init`), so a new child is up in
+  milliseconds, not after a model load that can outlast Celery's start-up timeout under load.
+  Only workers that serve face jobs load them: the callbacks pool (`--queues callbacks`) never
+  needs them.
+- Logging: Celery does not configure logging (`setup_logging` is connected); every process,
+  pool children included, writes our JSON lines to the real stderr.
+- Broker restarts: a guard around kombu's restore of unacknowledged messages on channel close
+  (see `_guard_kombu_restore_unacked`), so a Redis restart never kills the worker.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
+import time
 from typing import Any
 
-from celery.signals import celeryd_after_setup, worker_process_init
+from celery.signals import setup_logging, worker_init, worker_process_init
 
 from shared.db import close_pool
 from shared.imaging import configure_decodes
@@ -25,25 +34,101 @@ log = logging.getLogger(__name__)
 _serves_faces = True  # until the worker says which queues it consumes
 
 
-@celeryd_after_setup.connect
-def _note_queues(instance: Any = None, **_: object) -> None:
-    global _serves_faces
-    try:
-        queues = set(instance.app.amqp.queues.consume_from or ())
-    except AttributeError:
+def _configure_logging() -> None:
+    configure_logging(get_settings().log_level)
+    # Celery's stdout/stderr redirection may have replaced sys.stderr with a proxy that logs
+    # back into the root logger; our handler must write to the process's real stderr
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(sys.__stderr__)
+
+
+@setup_logging.connect
+def _setup_logging(**_: object) -> None:
+    """Connected, so Celery leaves the root logger to us (JSON lines on stderr)."""
+    _configure_logging()
+
+
+def _guard_kombu_restore_unacked() -> None:
+    """Keep the worker alive when Redis goes away (issue #12 item 4).
+
+    kombu 5.7.0 (the newest release when this was written; no upstream fix yet) restores the
+    channel's unacknowledged messages when the channel closes. When the close follows a lost
+    connection, the transport's `client` is already None, and building a Redis client for the
+    restore raises `AttributeError: 'NoneType' object has no attribute 'hostname'` in
+    `_connparams`, which Celery treats as unrecoverable: the worker exits. With Redis gone the
+    restore cannot succeed anyway; the messages stay in Redis's unacked set (restored after the
+    visibility timeout), and each job's Postgres send deadline or lease re-sends it sooner. So
+    the restore is skipped, with a warning, when the connection is gone or Redis is down.
+    """
+    import redis
+    from kombu.transport import redis as kombu_redis
+
+    original = kombu_redis.QoS.restore_unacked
+    if getattr(original, "_facelib_guarded", False):
         return
-    if queues:
-        _serves_faces = QUEUE_FACES in queues
+
+    def restore_unacked(self: kombu_redis.QoS, client: object = None) -> None:
+        connection = getattr(self.channel, "connection", None)
+        if client is None and (connection is None or getattr(connection, "client", None) is None):
+            log.warning(
+                "broker connection gone: %d unacked message(s) left to the visibility timeout"
+                " and the sweeper",
+                len(self._delivered),
+            )
+            self._delivered.clear()
+            return
+        try:
+            original(self, client)
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            log.warning("could not restore unacked messages (%s)", type(exc).__name__)
+            self._delivered.clear()
+
+    restore_unacked._facelib_guarded = True  # type: ignore[attr-defined]
+    kombu_redis.QoS.restore_unacked = restore_unacked  # type: ignore[method-assign]
+
+
+_guard_kombu_restore_unacked()
+
+
+def _consumes_faces(worker: Any) -> bool:
+    """Whether this worker serves the faces queue (its queues are set before worker_init)."""
+    try:
+        queues = set(worker.app.amqp.queues.consume_from or ())
+    except AttributeError:
+        return True
+    return not queues or QUEUE_FACES in queues
+
+
+@worker_init.connect
+def _load_models_before_fork(sender: Any = None, **_: object) -> None:
+    """In the main process, before the pool forks: load the face models once."""
+    global _serves_faces
+    _configure_logging()
+    _serves_faces = _consumes_faces(sender)
+    if not _serves_faces:
+        log.info("face models not loaded: this worker does not serve face jobs")
+        return
+    from worker.tasks import engine
+
+    t = time.monotonic()
+    engine()
+    log.info("face models loaded in the main process in %.2f s", time.monotonic() - t)
 
 
 @worker_process_init.connect
 def _init_worker_process(**_: object) -> None:
+    t = time.monotonic()
     s = get_settings()
-    configure_logging(s.log_level)
+    _configure_logging()
     configure_decodes(s.decode_concurrency, s.decode_wait_seconds)
     close_pool()  # never reuse the parent's connections in a forked child
+    models = "none (no face jobs here)"
     if _serves_faces:
+        from worker.engine.engine import adopt_parent_engines
         from worker.tasks import engine
 
-        engine()  # load dlib models now, so the first job doesn't pay for it
-    log.info("worker process ready (face models loaded: %s)", _serves_faces)
+        adopted = adopt_parent_engines()
+        engine()  # a no-op when adopted; otherwise (models not preloaded) loads them now
+        models = "shared from the main process" if adopted else "loaded"
+    log.info("pool process ready in %.1f ms (models %s)", (time.monotonic() - t) * 1000, models)

