@@ -31,7 +31,7 @@ from shared.db import transaction
 from shared.errors import ERRCODES, E, FaceLibError
 from shared.image_sources import check_image_ref
 from shared.jobs import (
-    job_envelope,
+    finished_envelope,
     request_hash,
     submit_job,
     submit_registration,
@@ -95,8 +95,7 @@ def _run(
     person_id = (job["result"] or {}).get(PERSON_REF)
     if person_id is not None:
         g.audit_person_ref = f"p:{person_id}"
-    with transaction() as conn:
-        env = job_envelope(conn, job)
+    env = finished_envelope(job)
     err = ERRCODES.get(env["errcode"], E.INTERNAL)
     return respond(env["data"], err, env["errmsg"], headers=headers)
 

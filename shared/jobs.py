@@ -99,6 +99,18 @@ def job_envelope(conn: psycopg.Connection, job: dict[str, Any]) -> dict[str, Any
     return {"errcode": job["errcode"], "errmsg": job["errmsg"], "data": data}
 
 
+def finished_envelope(job: dict[str, Any]) -> dict[str, Any]:
+    """A sync answer's envelope, read in its own transaction. The job is finished and stored, so
+    a database error here answers RESULT_TIMEOUT with the taskId (poll it), never 9001."""
+    try:
+        with transaction() as conn:
+            return job_envelope(conn, job)
+    except (psycopg.Error, PoolTimeout) as exc:
+        raise FaceLibError(
+            E.RESULT_TIMEOUT, data={"taskId": str(job["id"]), "status": job["status"]}
+        ) from exc
+
+
 def wait_for_job(job_id: str, client_id: int, timeout: float) -> dict[str, Any]:
     """Block until the job is done or failed; FaceLibError(RESULT_TIMEOUT) past the timeout.
 
