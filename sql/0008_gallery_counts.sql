@@ -132,3 +132,11 @@ $$;
 COMMENT ON FUNCTION gallery_counts_rebuild() IS 'Recomputes gallery_counts from faces, persons and person_libraries (a check or repair; locks those tables against writes while it runs).';
 
 SELECT gallery_counts_rebuild();
+
+-- For DBAs: the counters by library name; the read-only role reads views only (sql/0004_dba.sql).
+CREATE VIEW gallery_sizes AS
+    SELECT CASE WHEN g.library_id = 0 THEN '(all faces)' ELSE l.lib_id END AS library,
+           g.person_type, g.faces
+      FROM gallery_counts g LEFT JOIN libraries l ON l.id = g.library_id;
+COMMENT ON VIEW gallery_sizes IS 'Faces per library and person type, as recognition counts them (library "(all faces)": the whole library).';
+GRANT SELECT ON gallery_sizes TO faceapi_readonly;

@@ -20,6 +20,7 @@ REG = "/tech/ai/face/faceLib/person/reg"
 RECONG = "/tech/ai/face/faceLib/person/recong"
 DELETE = "/tech/ai/face/faceLib/person/delete"
 VIEWS = (
+    "gallery_sizes",
     "person_summary",
     "job_overview",
     "daily_volume",
