@@ -280,6 +280,12 @@ def _up_env(home: Path) -> dict[str, str]:
     return env
 
 
+def _is_faces_worker(proc: psutil.Process) -> bool:
+    """The face-jobs worker among `facelib up`'s children (the callbacks pool is another)."""
+    cmd = proc.cmdline()
+    return "worker" in cmd and "celery" in " ".join(cmd) and "faces" in cmd
+
+
 @pytest.mark.timeout(900)
 def test_worker_main_sigkill_under_facelib_up(tmp_path: Path) -> None:
     """`facelib up` restarts a SIGKILLed worker (Postgres and Redis keep running); a second
@@ -318,11 +324,7 @@ def test_worker_main_sigkill_under_facelib_up(tmp_path: Path) -> None:
         stack = FaultStack(url, "", "", env, tmp_path)
         stack.token = token.group(1)
         ids = [stack.submit(REG, stack.reg_body()) or "" for _ in range(3)]
-        worker = next(
-            c
-            for c in psutil.Process(up.pid).children()
-            if "worker" in c.cmdline() and "celery" in " ".join(c.cmdline())
-        )
+        worker = next(c for c in psutil.Process(up.pid).children() if _is_faces_worker(c))
         worker.send_signal(signal.SIGKILL)
         t_kill = time.monotonic()
         # accepted while no worker runs; recovery = until these are done (readiness caches a
@@ -343,11 +345,7 @@ def test_worker_main_sigkill_under_facelib_up(tmp_path: Path) -> None:
                 break
             time.sleep(0.5)
         back = time.monotonic() - t_kill
-        new_worker = [
-            c
-            for c in psutil.Process(up.pid).children()
-            if "worker" in c.cmdline() and "celery" in " ".join(c.cmdline())
-        ]
+        new_worker = [c for c in psutil.Process(up.pid).children() if _is_faces_worker(c)]
         assert [w.pid for w in new_worker] != [worker.pid] and len(new_worker) == 1
         from shared.embedded import EmbeddedPostgres
         from tests.faults.conftest import ROWS
