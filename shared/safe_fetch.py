@@ -368,28 +368,26 @@ def _shutdown_fd(fd: int) -> None:
         s.detach()  # the descriptor stays open until Watchdog.stop closes it
 
 
-class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
+class _Watched:
+    """A urllib3 connection whose socket a Watchdog shuts down at the overall deadline."""
+
     def __init__(self, *args: object, watchdog: Watchdog | None = None, **kw: object) -> None:
-        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        super().__init__(*args, **kw)  # type: ignore[call-arg]
         self._watchdog = watchdog
 
     def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()
+        sock = super()._new_conn()  # type: ignore[misc]
         if self._watchdog is not None:
             self._watchdog.watch(sock)
         return sock
 
 
-class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
-    def __init__(self, *args: object, watchdog: Watchdog | None = None, **kw: object) -> None:
-        super().__init__(*args, **kw)  # type: ignore[arg-type]
-        self._watchdog = watchdog
+class _WatchedHTTPConnection(_Watched, urllib3.connection.HTTPConnection):
+    pass
 
-    def _new_conn(self) -> socket.socket:
-        sock = super()._new_conn()
-        if self._watchdog is not None:
-            self._watchdog.watch(sock)
-        return sock
+
+class _WatchedHTTPSConnection(_Watched, urllib3.connection.HTTPSConnection):
+    pass
 
 
 class _HTTPPool(urllib3.HTTPConnectionPool):
