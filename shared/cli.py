@@ -74,13 +74,16 @@ def start_backing_services(var: Path) -> list:
 
 
 def worker_command(
-    concurrency: int, beat_schedule: Path | None, queues: str = "faces,callbacks"
+    concurrency: int, beat_schedule: Path | None, queues: str | None = None
 ) -> list[str]:
     """A Celery worker serving `queues`. `facelib up` and the test stack run two pools: "faces"
     and "callbacks" (deliveries, sweep, purge), so that no callback receiver, however slow,
     holds a process that face jobs need. `facelib up` runs beat as its own process
     (`beat_command`); `beat_schedule` embeds one in this worker instead (the test stack)."""
-    name = queues.split(",")[0]
+    from shared.queue import FACE_QUEUES, QUEUE_CALLBACKS, QUEUE_FACES
+
+    queues = queues or f"{FACE_QUEUES},{QUEUE_CALLBACKS}"  # default: one worker for everything
+    name = "faces" if QUEUE_FACES in queues.split(",") else queues.split(",")[0]
     cmd = [
         sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
         "--concurrency", str(concurrency), "--queues", queues, "--hostname", f"{name}@%h",
@@ -233,6 +236,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         services = start_backing_services(var)
         from shared.migrate import apply_migrations
+        from shared.queue import FACE_QUEUES
         from shared.settings import get_settings
 
         settings = get_settings()
@@ -243,7 +247,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
         close_pool()  # no pool threads in the supervisor while it forks children
         children = [
-            Supervised("worker", worker_command(args.concurrency, None, "faces")),
+            Supervised("worker", worker_command(args.concurrency, None, FACE_QUEUES)),  # sync first
             Supervised(
                 "callbacks-worker",
                 worker_command(settings.callback_concurrency, None, "callbacks"),

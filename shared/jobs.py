@@ -25,20 +25,30 @@ from psycopg_pool import PoolTimeout
 from shared import crypto, repo
 from shared.db import transaction
 from shared.errors import E, FaceLibError
-from shared.queue import TASK_FOR_KIND, get_celery, get_redis, job_channel
+from shared.queue import (
+    QUEUE_FACES,
+    QUEUE_FACES_SYNC,
+    TASK_FOR_KIND,
+    get_celery,
+    get_redis,
+    job_channel,
+)
 from shared.recognition import render_result
 from shared.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 
-def send_job(job_id: str, kind: str) -> bool:
+def send_job(job_id: str, kind: str, interactive: bool = False) -> bool:
     """Hand a committed job to the broker; False (and a warning) if the broker is unreachable.
 
-    Never raises and writes nothing: the job's send deadline was committed with it.
+    `interactive` (a sync call: someone waits for the answer) sends it to the sync queue, which
+    workers empty before the async backlog. Never raises and writes nothing: the job's send
+    deadline was committed with it.
     """
+    queue = QUEUE_FACES_SYNC if interactive else QUEUE_FACES
     try:
-        get_celery().send_task(TASK_FOR_KIND[kind], args=[job_id], retry=False)
+        get_celery().send_task(TASK_FOR_KIND[kind], args=[job_id], retry=False, queue=queue)
     except Exception as exc:  # noqa: BLE001 - any broker failure: the sweeper will re-send
         log.warning(
             "job %s not sent to the broker (%s); the sweeper will re-send it",
@@ -55,7 +65,8 @@ def submit_job(**fields: Any) -> tuple[dict[str, Any], bool]:
     with transaction() as conn:
         job, created = repo.create_job(**fields, conn=conn)
     if created:
-        send_job(str(job["id"]), job["kind"])
+        interactive = fields.get("meta", {}).get("async") is False
+        send_job(str(job["id"]), job["kind"], interactive)
     return job, created
 
 

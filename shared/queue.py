@@ -24,7 +24,13 @@ TASK_PURGE_FILES = "files.purge"
 TASK_PURGE_EXPIRED = "retention.purge"
 
 QUEUE_FACES = "faces"
+# Sync calls (a teller waiting at the counter) go to their own queue, which the face workers
+# always empty first (queue_order_strategy "priority" below): their latency does not depend on
+# how many async jobs wait in QUEUE_FACES.
+QUEUE_FACES_SYNC = "faces-sync"
 QUEUE_CALLBACKS = "callbacks"
+# what a face-jobs worker consumes, in priority order
+FACE_QUEUES = f"{QUEUE_FACES_SYNC},{QUEUE_FACES}"
 
 TASK_FOR_KIND = {"register": TASK_REGISTER, "recognize": TASK_RECOGNIZE, "verify": TASK_VERIFY}
 
@@ -47,6 +53,9 @@ def make_celery() -> Celery:
             "visibility_timeout": max(600, 4 * settings.job_time_limit_seconds),
             "socket_timeout": 10,
             "socket_connect_timeout": 10,
+            # consume a worker's queues in the order given (FACE_QUEUES: sync first) instead of
+            # round robin; with prefetch 1, a freed pool process takes the next sync job first
+            "queue_order_strategy": "priority",
         },
         task_routes={
             TASK_REGISTER: {"queue": QUEUE_FACES},

@@ -374,7 +374,8 @@ def jobs_to_resend(
         "UPDATE jobs SET lost_attempts = lost_attempts + (status = 'running')::int,"
         " status = 'queued', lease_owner = NULL, sends = sends + 1,"
         " lease_expires_at = now() + make_interval(secs => least(%s * (sends + 1), 600))"
-        " WHERE id = ANY(%s) RETURNING id, kind",
+        " WHERE id = ANY(%s)"
+        " RETURNING id, kind, request_meta->'async' = 'false'::jsonb AS interactive",
         (send_timeout_seconds, [r["id"] for r in picked]),
     ).fetchall()
 

@@ -261,13 +261,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
     get_settings.cache_clear()
     from shared.migrate import apply_migrations
+    from shared.queue import FACE_QUEUES
 
     apply_migrations(database_url)
 
     st = Stack(f"http://127.0.0.1:{port}", database_url, redis_url, env, log_dir)
     st.start_api()
-    # two pools, as `facelib up` runs them: face jobs, and callbacks (+ sweep, purge)
-    st.start_worker(queues="faces")
+    # two pools, as `facelib up` runs them: face jobs (sync queue first), and callbacks
+    # (+ sweep, purge)
+    st.start_worker(queues=FACE_QUEUES)
     st.start_worker(concurrency=2, beat=False, name="callbacks-worker", queues="callbacks")
     try:
         st.wait_workers()

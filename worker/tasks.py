@@ -338,7 +338,7 @@ def sweep() -> dict[str, int]:
             conn, stale_after_seconds=2 * s.callback_timeout_seconds + 30
         )
     for job in jobs:
-        send_job(str(job["id"]), job["kind"])
+        send_job(str(job["id"]), job["kind"], bool(job["interactive"]))
     if jobs:
         log.warning("sweeper re-sent %d job(s) past their send deadline or lease", len(jobs))
     for delivery_id in deliveries:

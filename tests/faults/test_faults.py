@@ -283,7 +283,7 @@ def _up_env(home: Path) -> dict[str, str]:
 def _is_faces_worker(proc: psutil.Process) -> bool:
     """The face-jobs worker among `facelib up`'s children (the callbacks pool is another)."""
     cmd = proc.cmdline()
-    return "worker" in cmd and "celery" in " ".join(cmd) and "faces" in cmd
+    return "worker" in cmd and "celery" in " ".join(cmd) and "faces@%h" in cmd
 
 
 @pytest.mark.timeout(900)
