@@ -15,8 +15,9 @@ same/different decided at Euclidean distance 0.6 on the raw dlib descriptors, as
     uv run python scripts/bench_engine.py --lfw-images 0 --model mobilefacenet
                                                 # + the embedding step of both models, 1 thread
     uv run python scripts/bench_engine.py --quality-levels [--folds 1-3] [--model mobilefacenet]
-        # only: what each qualityControl level (NONE/LOW/NORMAL/HIGH) refuses on LFW pairs and
-        # what it costs in accuracy (refusals counted as errors, and among the photos read)
+        [--dump CACHE.npz]  # only: what each qualityControl level (NONE/LOW/NORMAL/HIGH)
+        # refuses on LFW pairs and what it costs in accuracy (refusals counted as errors, and
+        # among the photos read); --dump caches the one ungated pass (~8 min on 2 busy cores)
 
 With `--model mobilefacenet` (installed: docs/models.md) the run also times, per face and on one
 thread, dlib's network on ONNX Runtime (150x150 chip) against MobileFaceNet (112x112 crop), the
@@ -352,8 +353,66 @@ def _passes(q: dict, gates) -> bool:  # noqa: ANN001 - config.Gates
     return not (gates.max_blur is not None and q["blur"] > gates.max_blur)
 
 
+_QKEYS = ("size_px", "out_of_frame", "pose", "blur")
+
+
+def _qc_results(
+    paths: list[str], backend: str, workers: int, model: str | None, cache: Path | None
+) -> dict[str, tuple]:
+    """path -> (quality figures or None, vectors by model or None, errcode), from `cache` (an
+    .npz this function wrote) when it holds every path, else computed (and written there)."""
+    models = ["dlib"] + ([model] if model else [])
+    if cache is not None and cache.exists():
+        with np.load(cache) as z:
+            have = {str(p): i for i, p in enumerate(z["paths"])}
+            if set(paths) <= set(have) and all(f"vec_{m}" in z for m in models):
+                out = {}
+                for p in paths:
+                    i = have[p]
+                    code = int(z["errcode"][i])
+                    q = (
+                        None
+                        if code
+                        else dict(zip(_QKEYS, map(float, z["quality"][i]), strict=True))
+                    )
+                    vecs = None if code else {m: z[f"vec_{m}"][i] for m in models}
+                    out[p] = (q, vecs, code)
+                return out
+    results: dict[str, tuple] = {}
+    with ProcessPoolExecutor(workers, initializer=_init_qc, initargs=(backend, model)) as pool:
+        for i, res in enumerate(pool.map(_analyze_ungated, paths, chunksize=16), 1):
+            results[res[0]] = res[1:]
+            if i % 500 == 0:
+                print(f"  analysed {i}/{len(paths)} images", file=sys.stderr, flush=True)
+    if cache is not None:
+        dims = {"dlib": 128, model: 192}
+        np.savez_compressed(
+            cache,
+            paths=np.array(paths),
+            errcode=np.array([results[p][2] for p in paths]),
+            quality=np.array(
+                [[(results[p][0] or {}).get(k, np.nan) for k in _QKEYS] for p in paths]
+            ),
+            **{
+                f"vec_{m}": np.array(
+                    [
+                        results[p][1][m] if results[p][1] else np.zeros(dims[m], np.float32)
+                        for p in paths
+                    ]
+                )
+                for m in models
+            },
+        )
+    return results
+
+
 def quality_levels_part(
-    lfw: Path, backend: str, workers: int, folds: set[int], model: str | None
+    lfw: Path,
+    backend: str,
+    workers: int,
+    folds: set[int],
+    model: str | None,
+    cache: Path | None = None,
 ) -> list[str]:
     """What each `qualityControl` level costs on LFW pairs: images refused, and verification
     accuracy at the service's decision (score >= 70, each model's own calibration), counting a
@@ -372,12 +431,7 @@ def quality_levels_part(
         {str(lfw_path(lfw, p["name1"], p["image1"])) for p in pairs}
         | {str(lfw_path(lfw, p["name2"], p["image2"])) for p in pairs}
     )
-    results: dict[str, tuple] = {}
-    with ProcessPoolExecutor(workers, initializer=_init_qc, initargs=(backend, model)) as pool:
-        for i, res in enumerate(pool.map(_analyze_ungated, paths, chunksize=16), 1):
-            results[res[0]] = res[1:]
-            if i % 500 == 0:
-                print(f"  analysed {i}/{len(paths)} images", file=sys.stderr, flush=True)
+    results = _qc_results(paths, backend, workers, model, cache)
     models = ["dlib"] + ([model] if model else [])
     cfg = EngineConfig(backend=backend)
     lines = [
@@ -432,6 +486,18 @@ def quality_levels_part(
     no_face = sum(r[2] != 0 for r in results.values())
     lines.append("")
     lines.append(f"Refused at every level (no usable face): {no_face} images.")
+    lines.append("")
+    lines.append("Images each gate alone refuses (among those with a face):")
+    for level in ("NORMAL", "HIGH"):
+        g = gates_for(cfg, "recognize", level)
+        read = [r[0] for r in results.values() if r[0] is not None]
+        alone = {
+            "size": sum(bool(g.min_face_px) and q["size_px"] < g.min_face_px for q in read),
+            "frame": sum(q["out_of_frame"] > g.max_out_of_frame for q in read),
+            "pose": sum(q["pose"] > g.max_pose for q in read),
+            "blur": sum(q["blur"] > g.max_blur for q in read),
+        }
+        lines.append(f"- {level}: " + ", ".join(f"{k} {v}" for k, v in alone.items()))
     return lines
 
 
@@ -457,7 +523,9 @@ def main() -> None:
     if args.quality_levels:
         lo, _, hi = args.folds.partition("-")
         folds = set(range(int(lo), int(hi or lo) + 1))
-        lines = quality_levels_part(args.lfw, args.backend, args.workers, folds, args.model)
+        lines = quality_levels_part(
+            args.lfw, args.backend, args.workers, folds, args.model, args.dump
+        )
         print("\n".join(lines))
         return
 
