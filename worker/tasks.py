@@ -63,9 +63,12 @@ def enabled_models() -> tuple[str, ...]:
     One enabled but not installed is skipped with a warning (the service runs as before); the
     deciding model (FACELIB_MATCH_MODEL) not installed stops the worker at start, naming the
     install command, rather than answer by another model than the one configured."""
+    global _enabled
     from shared.models import installed
 
     s = get_settings()
+    if _enabled is not None:  # looked up once per process: `installed` hashes the model file
+        return _enabled
     found = []
     for name in s.models:
         if installed(name) is not None:
@@ -75,13 +78,13 @@ def enabled_models() -> tuple[str, ...]:
                 f"FACELIB_MATCH_MODEL={name} but {name} is not installed: an operator runs "
                 f"`facelib models install {name} --accept-license` first (docs/models.md)"
             )
-        elif name not in _warned_missing:
-            _warned_missing.add(name)
+        else:
             log.warning("FACELIB_MODELS names %s, which is not installed: not computed", name)
-    return tuple(found)
+    _enabled = tuple(found)
+    return _enabled
 
 
-_warned_missing: set[str] = set()
+_enabled: tuple[str, ...] | None = None
 
 
 def engine() -> FaceEngine:
