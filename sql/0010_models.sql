@@ -11,6 +11,7 @@ ALTER TABLE faces ADD COLUMN embedding_mobilefacenet_version text;
 CREATE INDEX faces_embedding_mobilefacenet_hnsw ON faces
     USING hnsw (embedding_mobilefacenet vector_cosine_ops) WITH (m = 16, ef_construction = 64);
 COMMENT ON COLUMN faces.embedding_mobilefacenet IS '192-d unit-norm MobileFaceNet embedding (optional model, docs/models.md); NULL until computed. Searched by cosine distance (HNSW index) when FACELIB_MATCH_MODEL=mobilefacenet.';
+COMMENT ON COLUMN faces.image_sha256 IS 'SHA-256 of the enrolment image bytes (the image itself is kept only with FACELIB_KEEP_ENROLMENT_PHOTOS=1, encrypted, in face_photos).';
 COMMENT ON COLUMN faces.embedding_mobilefacenet_version IS 'Installed MobileFaceNet version (mobilefacenet/onnx-<hash>) that computed embedding_mobilefacenet.';
 
 CREATE TABLE face_photos (
