@@ -76,6 +76,8 @@ def _run(
         "origin": origin,
         "imageBytes": len(raw) if raw is not None else None,
     }
+    if params["qualityControl"] is not None:  # absent: today's gates (docs/engine.md)
+        meta["qualityControl"] = params["qualityControl"]
     job, created = submit(
         client_id=client["id"],
         request_id=request_id,

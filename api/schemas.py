@@ -88,6 +88,14 @@ class _JobRequestSchema(Schema):
     async_ = LenientBoolean(data_key="async", load_default=False)
     faceImage = fields.Nested(FaceImageSchema, required=True)
     requestId = fields.String(load_default=None, validate=REQUEST_ID)
+    qualityControl = fields.String(
+        load_default=None,
+        validate=validate.OneOf(["NONE", "LOW", "NORMAL", "HIGH"]),
+        metadata={
+            "description": "quality gates: NONE, LOW (frame, size), NORMAL (+ pose, blur), HIGH"
+            " (stricter); default NORMAL for reg, LOW for recong and verify (docs/engine.md)"
+        },
+    )
     callbackUrl = fields.Url(
         load_default=None,
         schemes={"http", "https"},
@@ -326,8 +334,14 @@ class RegisterData(Schema):
     duplicateWarning = fields.String(metadata=_BOOL_STR)
 
 
+_MODEL = fields.String(
+    metadata={"description": "the model that decided: dlib or mobilefacenet (docs/models.md)"}
+)
+
+
 class RecognizeData(Schema):
     isMatch = fields.String(required=True, metadata=_BOOL_STR)
+    model = _MODEL
     score = fields.String(metadata={"description": "0-100; 70 = FAR 1/1,000, 80 = 1/10,000"})
     galleryFaces = fields.Integer(metadata={"description": "faces searched"})
     falseMatchRate = fields.String(
@@ -341,6 +355,7 @@ class RecognizeData(Schema):
 
 class VerifyData(Schema):
     isMatch = fields.String(required=True, metadata=_BOOL_STR)
+    model = _MODEL
     score = fields.String(
         metadata={"description": "absent on a no-match for clients without person:read"}
     )

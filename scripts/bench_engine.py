@@ -14,6 +14,10 @@ same/different decided at Euclidean distance 0.6 on the raw dlib descriptors, as
     uv run python scripts/bench_engine.py --lfw-images 100   # speed only, ~1 min
     uv run python scripts/bench_engine.py --lfw-images 0 --model mobilefacenet
                                                 # + the embedding step of both models, 1 thread
+    uv run python scripts/bench_engine.py --quality-levels [--folds 1-3] [--model mobilefacenet]
+        [--dump CACHE.npz]  # only: what each qualityControl level (NONE/LOW/NORMAL/HIGH)
+        # refuses on LFW pairs and what it costs in accuracy (refusals counted as errors, and
+        # among the photos read); --dump caches the one ungated pass (~8 min on 2 busy cores)
 
 With `--model mobilefacenet` (installed: docs/models.md) the run also times, per face and on one
 thread, dlib's network on ONNX Runtime (150x150 chip) against MobileFaceNet (112x112 crop), the
@@ -316,6 +320,187 @@ def model_speed(samples: list[bytes], model: str, repeats: int = 20) -> str:
     )
 
 
+# -- quality control levels -------------------------------------------------------------------
+
+_qc_engine: FaceEngine | None = None
+
+
+def _init_qc(backend: str, model: str | None) -> None:
+    global _qc_engine
+    _qc_engine = FaceEngine(EngineConfig(backend=backend, extra_models=(model,) if model else ()))
+
+
+def _analyze_ungated(path: str) -> tuple[str, dict | None, dict | None, int]:
+    """One image through the production path with no quality gate: its quality figures and
+    embeddings (by model), or the errcode that refused it whatever the level (no face...)."""
+    assert _qc_engine is not None
+    try:
+        a = _qc_engine.analyze(Path(path).read_bytes(), "recognize", "NONE")
+    except FaceLibError as exc:
+        return path, None, None, exc.errcode
+    face = a.faces[0]
+    vectors = {("dlib" if k == _qc_engine.model else k): v for k, v in face.embeddings.items()}
+    return path, dict(face.quality), vectors, 0
+
+
+def _passes(q: dict, gates) -> bool:  # noqa: ANN001 - config.Gates
+    if gates.max_out_of_frame is not None and q["out_of_frame"] > gates.max_out_of_frame:
+        return False
+    if gates.min_face_px and q["size_px"] < gates.min_face_px:
+        return False
+    if gates.max_pose is not None and q["pose"] > gates.max_pose:
+        return False
+    return not (gates.max_blur is not None and q["blur"] > gates.max_blur)
+
+
+_QKEYS = ("size_px", "out_of_frame", "pose", "blur")
+
+
+def _qc_results(
+    paths: list[str], backend: str, workers: int, model: str | None, cache: Path | None
+) -> dict[str, tuple]:
+    """path -> (quality figures or None, vectors by model or None, errcode), from `cache` (an
+    .npz this function wrote) when it holds every path, else computed (and written there)."""
+    models = ["dlib"] + ([model] if model else [])
+    if cache is not None and cache.exists():
+        with np.load(cache) as z:
+            have = {str(p): i for i, p in enumerate(z["paths"])}
+            if set(paths) <= set(have) and all(f"vec_{m}" in z for m in models):
+                out = {}
+                for p in paths:
+                    i = have[p]
+                    code = int(z["errcode"][i])
+                    q = (
+                        None
+                        if code
+                        else dict(zip(_QKEYS, map(float, z["quality"][i]), strict=True))
+                    )
+                    vecs = None if code else {m: z[f"vec_{m}"][i] for m in models}
+                    out[p] = (q, vecs, code)
+                return out
+    results: dict[str, tuple] = {}
+    with ProcessPoolExecutor(workers, initializer=_init_qc, initargs=(backend, model)) as pool:
+        for i, res in enumerate(pool.map(_analyze_ungated, paths, chunksize=16), 1):
+            results[res[0]] = res[1:]
+            if i % 500 == 0:
+                print(f"  analysed {i}/{len(paths)} images", file=sys.stderr, flush=True)
+    if cache is not None:
+        dims = {"dlib": 128, model: 192}
+        np.savez_compressed(
+            cache,
+            paths=np.array(paths),
+            errcode=np.array([results[p][2] for p in paths]),
+            quality=np.array(
+                [[(results[p][0] or {}).get(k, np.nan) for k in _QKEYS] for p in paths]
+            ),
+            **{
+                f"vec_{m}": np.array(
+                    [
+                        results[p][1][m] if results[p][1] else np.zeros(dims[m], np.float32)
+                        for p in paths
+                    ]
+                )
+                for m in models
+            },
+        )
+    return results
+
+
+def quality_levels_part(
+    lfw: Path,
+    backend: str,
+    workers: int,
+    folds: set[int],
+    model: str | None,
+    cache: Path | None = None,
+) -> list[str]:
+    """What each `qualityControl` level costs on LFW pairs: images refused, and verification
+    accuracy at the service's decision (score >= 70, each model's own calibration), counting a
+    pair with a refused image as an error, and among the pairs whose images were both read.
+    Each image is analysed once with no gate; the levels' gates are then applied to its quality
+    figures (detection and embedding do not depend on the level)."""
+    from shared.score import score_from_distance
+    from worker.engine.config import QUALITY_LEVELS, gates_for
+
+    pairs = [
+        p
+        for p in csv.DictReader((lfw / "pairs.csv").open(encoding="utf-8"))
+        if int(p["fold"]) in folds
+    ]
+    paths = sorted(
+        {str(lfw_path(lfw, p["name1"], p["image1"])) for p in pairs}
+        | {str(lfw_path(lfw, p["name2"], p["image2"])) for p in pairs}
+    )
+    results = _qc_results(paths, backend, workers, model, cache)
+    models = ["dlib"] + ([model] if model else [])
+    cfg = EngineConfig(backend=backend)
+    lines = [
+        f"LFW pairs of folds {sorted(folds)}: {len(pairs)} pairs, {len(paths)} images; "
+        "decision: score >= 70 (FACELIB_MATCH_THRESHOLD) by each model's own table.",
+        "",
+        "| qualityControl | gates (recognition) | images refused | "
+        + " | ".join(
+            f"{m}: accuracy, refusals as errors | {m}: accuracy among read" for m in models
+        )
+        + " |",
+        "|---|---|---:|" + "---:|---:|" * len(models),
+    ]
+    for level in QUALITY_LEVELS:
+        g = gates_for(cfg, "recognize", level)
+        ok = {
+            k: r[0] is not None and _passes(r[0], g) for k, r in results.items()
+        }  # read at this level
+        refused = sum(not v for v in ok.values())
+        cells = []
+        for m in models:
+            correct = read = correct_read = 0
+            for p in pairs:
+                k1 = str(lfw_path(lfw, p["name1"], p["image1"]))
+                k2 = str(lfw_path(lfw, p["name2"], p["image2"]))
+                if not (ok[k1] and ok[k2]):
+                    continue
+                d = 1.0 - float(results[k1][1][m] @ results[k2][1][m])
+                right = (score_from_distance(d, m) >= 70.0) == (p["kind"] == "same")
+                read += 1
+                correct += right
+                correct_read += right
+            cells.append(f"{correct / len(pairs):.2%} | {correct_read / max(read, 1):.2%}")
+        gate_text = (
+            ", ".join(
+                f"{k} {v}"
+                for k, v in (
+                    ("size >=", g.min_face_px),
+                    ("frame <=", g.max_out_of_frame),
+                    ("pose <=", g.max_pose),
+                    ("blur <=", g.max_blur),
+                )
+                if v
+            )
+            or "none"
+        )
+        lines.append(
+            f"| {level} | {gate_text} | {refused} ({refused / len(paths):.1%}) | "
+            + " | ".join(cells)
+            + " |"
+        )
+    no_face = sum(r[2] != 0 for r in results.values())
+    lines.append("")
+    lines.append(f"Refused at every level (no usable face): {no_face} images.")
+    lines.append("")
+    lines.append("Images each gate alone refuses (among those with a face):")
+    for level in ("NORMAL", "HIGH"):
+        g = gates_for(cfg, "recognize", level)
+        read = [r[0] for r in results.values() if r[0] is not None]
+        alone = {
+            "size": sum(bool(g.min_face_px) and q["size_px"] < g.min_face_px for q in read),
+            "frame": sum(q["out_of_frame"] > g.max_out_of_frame for q in read),
+            "pose": sum(q["pose"] > g.max_pose for q in read),
+            "blur": sum(q["blur"] > g.max_blur for q in read),
+        }
+        lines.append(f"- {level}: " + ", ".join(f"{k} {v}" for k, v in alone.items()))
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -328,7 +513,21 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="processes for the pairs part")
     ap.add_argument("--dump", type=Path, help="save the pairs part's per-image results (.npz)")
     ap.add_argument("--model", help="also time this optional model's embedding (mobilefacenet)")
+    ap.add_argument(
+        "--quality-levels",
+        action="store_true",
+        help="only: what each qualityControl level costs on LFW pairs (docs/engine.md)",
+    )
+    ap.add_argument("--folds", default="1-3", help="LFW folds of the quality-levels part")
     args = ap.parse_args()
+    if args.quality_levels:
+        lo, _, hi = args.folds.partition("-")
+        folds = set(range(int(lo), int(hi or lo) + 1))
+        lines = quality_levels_part(
+            args.lfw, args.backend, args.workers, folds, args.model, args.dump
+        )
+        print("\n".join(lines))
+        return
 
     engine = FaceEngine(bench_config(args.backend))
     samples = [

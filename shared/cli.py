@@ -9,6 +9,7 @@ facelib token revoke TOKEN
 facelib bulk --client NAME (--csv FILE | --folder DIR) [--report FILE]
 facelib models install mobilefacenet --accept-license
 facelib models list
+facelib reembed --model mobilefacenet [--batch 50] [--limit N]
 """
 
 from __future__ import annotations
@@ -464,10 +465,25 @@ def cmd_models_list(args: argparse.Namespace) -> int:
         state = "installed" if row["installed"] else "not installed"
         where = f"  {row['version']}  {row['path']}" if row["installed"] else ""
         print(f"  {row['name']}  {row['dim']}-d  {state}{where}")
-    # Recognition, verification and the duplicate check are decided by dlib's model until
-    # FACELIB_MATCH_MODEL is wired through the API (issue 15, item 5).
-    print(f"deciding model: {models.BUILTIN_MODEL}")
+    # FACELIB_MATCH_MODEL decides recong, verify and the duplicate check (dlib by default)
+    deciding = os.environ.get("FACELIB_MATCH_MODEL") or "dlib"
+    print(f"deciding model: {models.BUILTIN_MODEL if deciding == 'dlib' else deciding}")
     return 0
+
+
+def cmd_reembed(args: argparse.Namespace) -> int:
+    from worker.reembed import reembed
+
+    try:
+        counts = reembed(args.model, batch=args.batch, limit=args.limit)
+    except (ValueError, RuntimeError) as exc:
+        print(f"reembed: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"reembed {args.model}: {counts['done']} filled in, {counts['failed']} failed,"
+        f" {counts['without_photo']} without a kept photo"
+    )
+    return 0 if counts["failed"] == 0 else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -540,6 +556,13 @@ def main(argv: list[str] | None = None) -> int:
     models_sub.add_parser("list", help="installed models and the deciding one").set_defaults(
         func=cmd_models_list
     )
+    reembed = sub.add_parser(
+        "reembed", help="fill in a model's missing vectors from kept enrolment photos"
+    )
+    reembed.add_argument("--model", required=True, help="optional model: mobilefacenet")
+    reembed.add_argument("--batch", type=int, default=50, help="faces per transaction")
+    reembed.add_argument("--limit", type=int, help="at most N faces this run")
+    reembed.set_defaults(func=cmd_reembed)
     args = parser.parse_args(argv)
     if args.command == "models":  # needs no keys and no database
         return int(args.func(args) or 0)

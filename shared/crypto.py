@@ -74,5 +74,15 @@ def decrypt(key: bytes, blob: bytes, aad: bytes = b"") -> str:
     return AESGCM(key).decrypt(blob[:12], blob[12:], aad).decode()
 
 
+def encrypt_bytes(key: bytes, plaintext: bytes, aad: bytes = b"") -> bytes:
+    """AES-256-GCM, as `encrypt`, for bytes (enrolment photos): nonce + ciphertext + tag."""
+    nonce = os.urandom(12)
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+def decrypt_bytes(key: bytes, blob: bytes, aad: bytes = b"") -> bytes:
+    return AESGCM(key).decrypt(blob[:12], blob[12:], aad)
+
+
 def mask_id_num(id_num: str) -> str:
     return id_num[:3] + "*" * max(len(id_num) - 6, 0) + id_num[-3:]

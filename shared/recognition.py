@@ -27,7 +27,11 @@ def decision_floor(meta: dict[str, Any], settings: Settings) -> float:
 
 
 def match_decision(
-    distance: float, gallery_faces: int, meta: dict[str, Any], settings: Settings
+    distance: float,
+    gallery_faces: int,
+    meta: dict[str, Any],
+    settings: Settings,
+    model: str | None = None,
 ) -> tuple[bool, float]:
     """isMatch and the gallery false-match rate, by the request's or the service's rule.
 
@@ -37,8 +41,8 @@ def match_decision(
     - `gallery` mode (default): also that the chance a stranger scores this high against
       `gallery_faces` faces, 1 - (1 - FAR(score))^N, is at most the target (1% by default).
     """
-    score = score_from_distance(distance)
-    fmr = false_match_rate(distance, gallery_faces)
+    score = score_from_distance(distance, model)
+    fmr = false_match_rate(distance, gallery_faces, model)
     floor = decision_floor(meta, settings)
     if score < floor:
         return False, fmr  # below the client's floor nothing a request sends can name a person
@@ -50,9 +54,21 @@ def match_decision(
     return fmr <= target, fmr
 
 
+def deciding_model(settings: Settings) -> str:
+    """The model whose vectors and calibration decide (FACELIB_MATCH_MODEL): "dlib" or an
+    optional model's name; every answer names it (`data.model`)."""
+    return settings.match_model
+
+
 def recognition_result(
     conn: psycopg.Connection, settings: Settings, embedding: np.ndarray, job: dict[str, Any]
 ) -> dict[str, Any]:
+    """1:N by the deciding model: `embedding` is that model's vector of the probe.
+
+    galleryFaces counts enrolled faces (gallery_counts, sql/0008) whatever vectors they have:
+    a face still waiting for `facelib reembed` is counted but not searched, so falseMatchRate
+    is an upper bound then, never an under-statement (docs/models.md)."""
+    model = deciding_model(settings)
     meta = job["request_meta"] or {}
     filters = {"library_ids": meta.get("libraryIds"), "person_types": meta.get("personTypes")}
     gallery_faces = repo.count_gallery(conn, **filters)
@@ -65,14 +81,16 @@ def recognition_result(
         limit=CANDIDATES,
         ef_search=max(settings.hnsw_ef_search, CANDIDATES),
         exact=filtered and gallery_faces <= settings.exact_search_max,
+        model=model,
         **filters,
     )
     if not rows:
         raise FaceLibError(E.LIBRARY_EMPTY)
     best = rows[0]  # ordered by distance: the first row is the best face of the best person
-    score = score_from_distance(float(best["distance"]))
-    is_match, fmr = match_decision(float(best["distance"]), gallery_faces, meta, settings)
+    score = score_from_distance(float(best["distance"]), model)
+    is_match, fmr = match_decision(float(best["distance"]), gallery_faces, meta, settings, model)
     data: dict[str, Any] = {
+        "model": model,
         "isMatch": "true" if is_match else "false",
         "score": format_score(score),
         "galleryFaces": gallery_faces,
@@ -89,29 +107,36 @@ def verification_result(
     conn: psycopg.Connection, settings: Settings, embedding: np.ndarray, job: dict[str, Any]
 ) -> dict[str, Any]:
     """1:1: the probe against one person's own faces; the score keeps its per-comparison FAR."""
+    model = deciding_model(settings)
     meta = job["request_meta"] or {}
     person_id = meta.get("personId")
-    distance = None if person_id is None else repo.person_distance(conn, int(person_id), embedding)
+    distance = (
+        None
+        if person_id is None
+        else repo.person_distance(conn, int(person_id), embedding, model=model)
+    )
     conceal = bool(meta.get("concealAbsence"))
     if distance is None:
         if conceal:  # the caller may not learn whether the idNum is enrolled
-            return {"isMatch": "false"}
-        raise FaceLibError(E.PERSON_NOT_FOUND)
-    score = score_from_distance(distance)
+            return {"isMatch": "false", "model": model}
+        # also a person enrolled before the deciding model was enabled and not re-embedded
+        raise FaceLibError(E.PERSON_NOT_FOUND, data={"model": model})
+    score = score_from_distance(distance, model)
     threshold = max(float(meta.get("threshold") or 0.0), decision_floor(meta, settings))
     if score < threshold:
         # without person:read a no-match carries no score: it would tell "enrolled, not this
         # face" from "not enrolled"
-        return (
-            {"isMatch": "false"} if conceal else {"isMatch": "false", "score": format_score(score)}
-        )
-    return {"isMatch": "true", "score": format_score(score)}
+        if conceal:
+            return {"isMatch": "false", "model": model}
+        return {"isMatch": "false", "score": format_score(score), "model": model}
+    return {"isMatch": "true", "score": format_score(score), "model": model}
 
 
 def duplicate_of(
     conn: psycopg.Connection, settings: Settings, embedding: np.ndarray, person_id: int
 ) -> float | None:
-    """Score of the closest face of *another* person, if it is a credible duplicate identity.
+    """Score of the closest face of *another* person, if it is a credible duplicate identity,
+    by the deciding model (`embedding` is that model's vector of the new face).
 
     Credible means score >= FACELIB_DUPLICATE_SCORE (80) *and* gallery-aware: a new face is
     compared with every enrolled face, so with N faces a stranger reaches score s somewhere
@@ -119,16 +144,22 @@ def duplicate_of(
     keeps the false-alarm rate of the fraud check flat as the library grows (at a fixed 80,
     7.5% of distinct LFW people were flagged once 3,959 were enrolled).
     """
+    model = deciding_model(settings)
     rows = repo.nearest_faces(
-        conn, embedding, limit=1, ef_search=settings.hnsw_ef_search, exclude_person=person_id
+        conn,
+        embedding,
+        limit=1,
+        ef_search=settings.hnsw_ef_search,
+        exclude_person=person_id,
+        model=model,
     )
     if not rows:
         return None
     distance = float(rows[0]["distance"])
-    score = score_from_distance(distance)
+    score = score_from_distance(distance, model)
     if score < settings.duplicate_score:
         return None
-    if false_match_rate(distance, repo.count_faces(conn)) > settings.gallery_target:
+    if false_match_rate(distance, repo.count_faces(conn), model) > settings.gallery_target:
         return None
     return score
 

@@ -505,6 +505,89 @@ def add_face(
     return cur.rowcount == 1
 
 
+# Optional models' vectors live in their own column of `faces` (sql/0010_models.sql).
+EMBEDDING_COLUMNS = {"dlib": "embedding", "mobilefacenet": "embedding_mobilefacenet"}
+
+
+def embedding_column(model: str | None) -> str:
+    """The `faces` column holding `model`'s vectors (dlib's when None)."""
+    try:
+        return EMBEDDING_COLUMNS[model or "dlib"]
+    except KeyError:
+        raise ValueError(f"no embedding column for model {model!r}") from None
+
+
+def set_face_embedding(
+    conn: psycopg.Connection, face_id: int, model: str, embedding: np.ndarray, version: str
+) -> bool:
+    """Store an optional model's vector of a face (only if it has none yet)."""
+    column = embedding_column(model)
+    if column == "embedding":
+        raise ValueError("dlib's vector is written by add_face")
+    cur = conn.execute(
+        f"UPDATE faces SET {column} = %s, {column}_version = %s"  # noqa: S608 - fixed names
+        f" WHERE id = %s AND {column} IS NULL",
+        (np.asarray(embedding, dtype=np.float32), version, face_id),
+    )
+    return cur.rowcount == 1
+
+
+def face_id_for_job(conn: psycopg.Connection, job_id: uuid.UUID | str) -> int | None:
+    row = conn.execute("SELECT id FROM faces WHERE job_id = %s", (job_id,)).fetchone()
+    return None if row is None else int(row["id"])
+
+
+def _photo_aad(face_id: int) -> bytes:
+    return f"face_photos:{face_id}".encode()
+
+
+def store_face_photo(
+    conn: psycopg.Connection, settings: Settings, face_id: int, photo: bytes
+) -> None:
+    """Keep the enrolment photo, AES-256-GCM encrypted with the current key (its id beside it)."""
+    conn.execute(
+        "INSERT INTO face_photos (face_id, key_id, photo_encrypted) VALUES (%s, %s, %s)"
+        " ON CONFLICT (face_id) DO NOTHING",
+        (
+            face_id,
+            settings.encryption_key_id,
+            crypto.encrypt_bytes(settings.encryption_key, photo, aad=_photo_aad(face_id)),
+        ),
+    )
+
+
+def faces_missing_embedding(
+    conn: psycopg.Connection, settings: Settings, model: str, after_id: int, limit: int
+) -> list[dict[str, Any]]:
+    """Faces after `after_id` (by id) with a kept photo and no `model` vector, photo decrypted."""
+    column = embedding_column(model)
+    rows = conn.execute(
+        "SELECT f.id, f.box, p.key_id, p.photo_encrypted FROM faces f"  # noqa: S608
+        f" JOIN face_photos p ON p.face_id = f.id WHERE f.{column} IS NULL AND f.id > %s"
+        " ORDER BY f.id LIMIT %s",
+        (after_id, limit),
+    ).fetchall()
+    out = []
+    for r in rows:
+        key = settings.encryption_keys.get(r["key_id"])
+        if key is None:
+            raise KeyError(f"no key with id {r['key_id']!r}: add it to FACELIB_ENCRYPTION_KEYS")
+        photo = crypto.decrypt_bytes(key, bytes(r["photo_encrypted"]), aad=_photo_aad(r["id"]))
+        out.append({"id": int(r["id"]), "box": list(r["box"]), "photo": photo})
+    return out
+
+
+def count_missing_embedding(conn: psycopg.Connection, model: str) -> dict[str, int]:
+    """Faces without `model`'s vector: in all, and among them those with a kept photo."""
+    column = embedding_column(model)
+    row = conn.execute(
+        f"SELECT count(*) AS missing, count(p.face_id) AS with_photo FROM faces f"  # noqa: S608
+        f" LEFT JOIN face_photos p ON p.face_id = f.id WHERE f.{column} IS NULL"
+    ).fetchone()
+    assert row is not None
+    return {"missing": int(row["missing"]), "with_photo": int(row["with_photo"])}
+
+
 def _filter_sql(
     library_ids: list[int] | None, person_types: list[str] | None, exclude_person: int | None
 ) -> tuple[str, list[Any]]:
@@ -537,8 +620,10 @@ def nearest_faces(
     person_types: list[str] | None = None,
     exclude_person: int | None = None,
     exact: bool = False,
+    model: str | None = None,
 ) -> list[dict[str, Any]]:
-    """The `limit` nearest faces by cosine distance, within the filters.
+    """The `limit` nearest faces by cosine distance, within the filters, by `model`'s vectors
+    (dlib's when None; faces without that model's vector are not searched).
 
     Unfiltered: the HNSW index. Filtered: pgvector 0.8's iterative index scan (strict order)
     keeps walking the graph until `limit` rows pass the filter, so a filter keeping 1% of faces
@@ -556,11 +641,12 @@ def nearest_faces(
         # a small filtered gallery: an exact scan is cheap and guarantees the true nearest
         conn.execute("SELECT set_config('enable_indexscan', 'off', true)")
     vec = np.asarray(embedding, dtype=np.float32)
+    col = embedding_column(model)
     try:
         return conn.execute(
-            "SELECT id AS face_id, person_id, embedding <=> %s AS distance FROM faces"  # noqa: S608
+            f"SELECT id AS face_id, person_id, {col} <=> %s AS distance FROM faces"  # noqa: S608
             + where
-            + " ORDER BY embedding <=> %s LIMIT %s",
+            + f" ORDER BY {col} <=> %s LIMIT %s",
             (vec, *params, vec, limit),
         ).fetchall()
     finally:
@@ -599,11 +685,13 @@ def count_gallery(
 
 
 def person_distance(
-    conn: psycopg.Connection, person_id: int, embedding: np.ndarray
+    conn: psycopg.Connection, person_id: int, embedding: np.ndarray, model: str | None = None
 ) -> float | None:
-    """Smallest cosine distance between a probe and one person's faces (exact; few rows)."""
+    """Smallest cosine distance between a probe and one person's faces (exact; few rows), by
+    `model`'s vectors (dlib's when None)."""
+    col = embedding_column(model)
     row = conn.execute(
-        "SELECT min(embedding <=> %s) AS d FROM faces WHERE person_id = %s",
+        f"SELECT min({col} <=> %s) AS d FROM faces WHERE person_id = %s",  # noqa: S608
         (np.asarray(embedding, dtype=np.float32), person_id),
     ).fetchone()
     return None if row is None or row["d"] is None else float(row["d"])

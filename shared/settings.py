@@ -157,6 +157,27 @@ class Settings:
     fetch_allowlist: tuple[str, ...] = ()
     fetch_max_bytes: int = 10 * 1024 * 1024
     fetch_timeout_seconds: float = 10.0
+    # Optional embedding models (docs/models.md): those enabled and installed are computed at
+    # every registration beside dlib's; `match_model` decides recong, verify and the duplicate
+    # check ("dlib" or an enabled model). Enrolment photos kept AES-GCM encrypted (key ids as
+    # idNums) so that `facelib reembed` can fill in a model enabled later.
+    models: tuple[str, ...] = ()
+    match_model: str = "dlib"
+    keep_enrolment_photos: bool = False
+
+
+def _models() -> tuple[str, ...]:
+    """FACELIB_MODELS: comma-separated optional models to compute at registration."""
+    from shared.models import MODELS
+
+    names = tuple(
+        n.strip().lower() for n in (_env("FACELIB_MODELS", "") or "").split(",") if n.strip()
+    )
+    unknown = sorted(set(names) - set(MODELS))
+    if unknown:
+        known = ", ".join(sorted(MODELS))
+        raise SettingsError(f"FACELIB_MODELS: unknown model {unknown[0]!r} (known: {known})")
+    return tuple(dict.fromkeys(names))
 
 
 def _rate_limit(name: str, default: str) -> str:
@@ -275,6 +296,10 @@ def load_settings() -> Settings:
             "REDIS_URL is required (e.g. redis://localhost:6379/0); "
             "`facelib up` sets it for the embedded Redis"
         )
+    models = _models()
+    match_model = _choice("FACELIB_MATCH_MODEL", "dlib", ("dlib", "mobilefacenet"))
+    if match_model != "dlib" and match_model not in models:
+        models = (*models, match_model)  # the deciding model is always computed
     encryption_key = _key("FACELIB_ENCRYPTION_KEY")
     encryption_key_id = _env("FACELIB_ENCRYPTION_KEY_ID", "k1") or "k1"
     return Settings(
@@ -351,6 +376,9 @@ def load_settings() -> Settings:
         fetch_allowlist=_allowlist(_env("FACELIB_FETCH_ALLOWLIST", "") or ""),
         fetch_max_bytes=_int("FACELIB_FETCH_MAX_BYTES", 10 * 1024 * 1024),
         fetch_timeout_seconds=_float("FACELIB_FETCH_TIMEOUT_SECONDS", 10.0),
+        models=models,
+        match_model=match_model,
+        keep_enrolment_photos=_bool("FACELIB_KEEP_ENROLMENT_PHOTOS", False),
     )
 
 

@@ -167,12 +167,40 @@ class Stack:
         beat: bool = True,
         name: str | None = None,
         queues: str = "faces,callbacks",
+        env: dict[str, str] | None = None,
     ) -> subprocess.Popen:
         from shared.cli import worker_command
 
         beat_schedule = self.log_dir / "beat-schedule" if beat else None
         cmd = worker_command(concurrency, beat_schedule, queues)
-        return self.spawn(name or f"worker-{len(self.procs)}", cmd)
+        return self.spawn(name or f"worker-{len(self.procs)}", cmd, env)
+
+    @contextmanager
+    def face_worker(self, **env_overrides: str) -> Iterator[None]:
+        """Run the face jobs with another worker for a while: the stack's face worker is
+        stopped, one with these settings takes the `faces` queue, and the stack's is started
+        again afterwards (e.g. FACELIB_MATCH_MODEL=mobilefacenet for a module's tests)."""
+        for name in [n for n in self.procs if n.startswith("worker-")]:
+            _stop(self.procs.pop(name))
+        name = f"worker-swapped-{secrets.token_hex(3)}"
+        self.start_worker(queues="faces", name=name, env={**self.env, **env_overrides})
+        try:
+            self.wait_log(name, " ready.")
+            yield
+        finally:
+            _stop(self.procs.pop(name))
+            restored = f"worker-{secrets.token_hex(3)}"
+            self.start_worker(queues="faces", name=restored)
+            self.wait_log(restored, " ready.")
+
+    def wait_log(self, name: str, text: str, timeout: float = 240) -> None:
+        """Until process `name`'s log shows `text` (e.g. a Celery worker's "ready.")."""
+        path, proc = self.log_dir / f"{name}.log", self.procs[name]
+        deadline = time.monotonic() + timeout
+        while text not in path.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not log {text!r}; see {path}")
+            time.sleep(0.5)
 
     def wait_workers(self, timeout: float = 240) -> None:
         deadline = time.monotonic() + timeout

@@ -15,6 +15,7 @@ import random
 import time
 from typing import Any
 
+import numpy as np
 import psycopg
 import redis
 from celery.exceptions import Retry, SoftTimeLimitExceeded
@@ -43,11 +44,47 @@ from shared.recognition import (
 )
 from shared.settings import get_settings
 from worker.celery_app import app
-from worker.engine import Analysis, EngineConfig, FaceEngine, get_engine
+from worker.engine import (
+    Analysis,
+    BackendUnavailableError,
+    EngineConfig,
+    FaceEngine,
+    get_engine,
+)
 
 log = logging.getLogger(__name__)
 
 TRANSIENT = (psycopg.OperationalError, psycopg.errors.SerializationFailure, redis.RedisError)
+
+
+def enabled_models() -> tuple[str, ...]:
+    """The optional models this worker computes: those of FACELIB_MODELS that are installed.
+
+    One enabled but not installed is skipped with a warning (the service runs as before); the
+    deciding model (FACELIB_MATCH_MODEL) not installed stops the worker at start, naming the
+    install command, rather than answer by another model than the one configured."""
+    global _enabled
+    from shared.models import installed
+
+    s = get_settings()
+    if _enabled is not None:  # looked up once per process: `installed` hashes the model file
+        return _enabled
+    found = []
+    for name in s.models:
+        if installed(name) is not None:
+            found.append(name)
+        elif name == s.match_model:
+            raise BackendUnavailableError(
+                f"FACELIB_MATCH_MODEL={name} but {name} is not installed: an operator runs "
+                f"`facelib models install {name} --accept-license` first (docs/models.md)"
+            )
+        else:
+            log.warning("FACELIB_MODELS names %s, which is not installed: not computed", name)
+    _enabled = tuple(found)
+    return _enabled
+
+
+_enabled: tuple[str, ...] | None = None
 
 
 def engine() -> FaceEngine:
@@ -60,8 +97,16 @@ def engine() -> FaceEngine:
             num_jitters=s.num_jitters,
             backend=s.embedding_backend,
             backend_threads=s.backend_threads,
+            extra_models=enabled_models(),
         )
     )
+
+
+def deciding_embedding(analysis: Analysis) -> np.ndarray:
+    """The probe's vector by the deciding model (FACELIB_MATCH_MODEL)."""
+    model = get_settings().match_model
+    face = analysis.faces[0]
+    return face.embedding if model == "dlib" else face.embeddings[model]
 
 
 def _backoff(attempt: int) -> float:
@@ -108,12 +153,12 @@ def _register(conn: psycopg.Connection, job: dict, inputs: dict, analysis: Analy
     result = {"ok": "true"}
     policy = meta.get("duplicatePolicy") or s.duplicate_policy
     if policy != "allow":
-        duplicate = duplicate_of(conn, s, face.embedding, person["id"])
+        duplicate = duplicate_of(conn, s, deciding_embedding(analysis), person["id"])
         if duplicate is not None and policy == "refuse":
             raise FaceLibError(E.DUPLICATE_IDENTITY, detail=f"score {duplicate:.1f}")
         if duplicate is not None:
             result["duplicateWarning"] = "true"
-    repo.add_face(
+    added = repo.add_face(
         conn,
         person_id=person["id"],
         embedding=face.embedding,
@@ -125,6 +170,15 @@ def _register(conn: psycopg.Connection, job: dict, inputs: dict, analysis: Analy
         job_id=job["id"],
         image_sha256=hashlib.sha256(image).digest(),
     )
+    if added:  # every enabled model's vector, and the photo when kept (docs/models.md)
+        face_id = repo.face_id_for_job(conn, job["id"])
+        assert face_id is not None
+        versions = engine().versions
+        for name, vector in face.embeddings.items():
+            if name in repo.EMBEDDING_COLUMNS and name != "dlib":
+                repo.set_face_embedding(conn, face_id, name, vector, versions[name])
+        if s.keep_enrolment_photos:
+            repo.store_face_photo(conn, s, face_id, image)
     return result
 
 
@@ -210,16 +264,20 @@ def run_job(task: Any, job_id: str, kind: str) -> None:
         t = time.monotonic()
         image = _load_image(job, inputs)
         timings["fetch"] = time.monotonic() - t
-        analysis = engine().analyze(image, "register" if kind == "register" else "recognize")
+        analysis = engine().analyze(
+            image,
+            "register" if kind == "register" else "recognize",
+            (job["request_meta"] or {}).get("qualityControl"),
+        )
         timings.update(analysis.timings)
         t = time.monotonic()
         with transaction() as conn:
             if kind == "register":
                 result = _register(conn, job, inputs, analysis, image)
             elif kind == "verify":
-                result = verification_result(conn, s, analysis.faces[0].embedding, job)
+                result = verification_result(conn, s, deciding_embedding(analysis), job)
             else:
-                result = recognition_result(conn, s, analysis.faces[0].embedding, job)
+                result = recognition_result(conn, s, deciding_embedding(analysis), job)
             timings["db"] = time.monotonic() - t
             timings["total"] = time.monotonic() - started
             delivery = repo.finish_job(

@@ -14,6 +14,16 @@ CHECK_POSE = "pose"  # FACE_POSE_EXTREME
 CHECK_BLUR = "blur"  # FACE_BLURRY
 ALL_CHECKS = frozenset({CHECK_FRAME, CHECK_SIZE, CHECK_POSE, CHECK_BLUR})
 
+# Per-request quality control (`qualityControl`), as the large face APIs offer it. What each
+# level checks is in docs/engine.md ("Quality control levels"); `gates_for` maps a level to the
+# gates and thresholds one `analyze` call applies.
+QUALITY_LEVELS = ("NONE", "LOW", "NORMAL", "HIGH")
+# HIGH: NORMAL's gates with stricter thresholds (docs/engine.md has what each costs on LFW).
+HIGH_MIN_FACE_SCALE = 1.25  # x min_face_px
+HIGH_MAX_OUT_OF_FRAME = 0.05
+HIGH_MAX_POSE = 0.50
+HIGH_MAX_BLUR = 0.60
+
 # Optional embedding models the engine can compute beside its backend (docs/models.md).
 EXTRA_MODELS = frozenset({"mobilefacenet"})
 
@@ -83,3 +93,49 @@ class EngineConfig:
             raise ValueError(f"unknown extra_models: {sorted(unknown_models)}")
         if self.mobilefacenet_landmarks not in (None, "68", "5"):
             raise ValueError("mobilefacenet_landmarks must be '68' or '5'")
+
+
+@dataclass(frozen=True)
+class Gates:
+    """The quality gates one `analyze` call applies (None or 0: that gate is off)."""
+
+    min_face_px: int | None
+    max_out_of_frame: float | None
+    max_pose: float | None
+    max_blur: float | None
+
+
+def gates_for(cfg: EngineConfig, purpose: str, level: str | None) -> Gates:
+    """Gates of a request's `qualityControl` level; None: the defaults of today (registration
+    NORMAL: every gate; recognition: `cfg.recognize_checks`, i.e. LOW by default).
+
+    - NONE: no quality gate (a face must still be found, and registration still refuses a
+      photo of several people of similar size: that is about identity, not quality);
+    - LOW: out of frame and too small;
+    - NORMAL: LOW plus extreme pose and blur, at the configured thresholds;
+    - HIGH: NORMAL's gates with stricter thresholds (HIGH_*).
+    """
+    if level is None:
+        checks = ALL_CHECKS if purpose == "register" else cfg.recognize_checks
+    elif level not in QUALITY_LEVELS:
+        raise ValueError(f"qualityControl must be one of {', '.join(QUALITY_LEVELS)}")
+    elif level == "NONE":
+        checks = frozenset()
+    elif level == "LOW":
+        checks = frozenset({CHECK_FRAME, CHECK_SIZE})
+    else:
+        checks = ALL_CHECKS
+    high = level == "HIGH"
+    min_face = cfg.min_face_px
+    if high and min_face:
+        min_face = round(min_face * HIGH_MIN_FACE_SCALE)
+    return Gates(
+        min_face_px=min_face if CHECK_SIZE in checks else None,
+        max_out_of_frame=(
+            (HIGH_MAX_OUT_OF_FRAME if high else cfg.max_out_of_frame)
+            if CHECK_FRAME in checks
+            else None
+        ),
+        max_pose=(HIGH_MAX_POSE if high else cfg.max_pose) if CHECK_POSE in checks else None,
+        max_blur=(HIGH_MAX_BLUR if high else cfg.max_blur) if CHECK_BLUR in checks else None,
+    )

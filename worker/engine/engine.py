@@ -40,14 +40,7 @@ from worker.engine.backends import (
     make_backend,
     make_extra_model,
 )
-from worker.engine.config import (
-    ALL_CHECKS,
-    CHECK_BLUR,
-    CHECK_FRAME,
-    CHECK_POSE,
-    CHECK_SIZE,
-    EngineConfig,
-)
+from worker.engine.config import EngineConfig, gates_for
 from worker.engine.decode import DecodedImage, decode_image
 from worker.engine.models import shape_predictor_5_path, shape_predictor_68_path
 
@@ -137,8 +130,13 @@ class FaceEngine:
 
     # -- the one public operation -------------------------------------------------------------
 
-    def analyze(self, image: bytes, purpose: Purpose) -> Analysis:
+    def analyze(
+        self, image: bytes, purpose: Purpose, quality_control: str | None = None
+    ) -> Analysis:
         """Find, check and embed the face in `image` for registration or recognition.
+
+        `quality_control` (NONE | LOW | NORMAL | HIGH, `config.gates_for`) picks the gates; None
+        applies the defaults (registration: every gate; recognition: `recognize_checks`).
 
         Raises FaceLibError with IMAGE_* codes for bad images and NO_FACE, MULTIPLE_FACES
         (registration), FACE_OUT_OF_FRAME, FACE_TOO_SMALL, FACE_POSE_EXTREME, FACE_BLURRY for
@@ -147,7 +145,7 @@ class FaceEngine:
         if purpose not in ("register", "recognize"):
             raise ValueError(f"purpose must be 'register' or 'recognize', not {purpose!r}")
         cfg = self.config
-        checks = ALL_CHECKS if purpose == "register" else cfg.recognize_checks
+        gates = gates_for(cfg, purpose, quality_control)
         timings: dict[str, float] = {}
 
         t = time.perf_counter()
@@ -185,14 +183,13 @@ class FaceEngine:
         box = _scale_box(face.box, 1.0 / decoded.scale_x, 1.0 / decoded.scale_y)
         size_px = box[2] - box[0]
         frame_out = quality.out_of_frame(box, decoded.width, decoded.height)
-        if CHECK_FRAME in checks and cfg.max_out_of_frame is not None:
-            if frame_out > cfg.max_out_of_frame:
-                raise FaceLibError(
-                    E.FACE_OUT_OF_FRAME, detail=f"{frame_out:.0%} of the face is outside"
-                )
-        if CHECK_SIZE in checks and cfg.min_face_px and size_px < cfg.min_face_px:
+        if gates.max_out_of_frame is not None and frame_out > gates.max_out_of_frame:
             raise FaceLibError(
-                E.FACE_TOO_SMALL, detail=f"face {size_px:.0f} px wide, minimum {cfg.min_face_px}"
+                E.FACE_OUT_OF_FRAME, detail=f"{frame_out:.0%} of the face is outside"
+            )
+        if gates.min_face_px and size_px < gates.min_face_px:
+            raise FaceLibError(
+                E.FACE_TOO_SMALL, detail=f"face {size_px:.0f} px wide, minimum {gates.min_face_px}"
             )
 
         t = time.perf_counter()
@@ -212,9 +209,9 @@ class FaceEngine:
         blur = quality.blur_score(chip)
         timings["landmarks"] = time.perf_counter() - t
 
-        if CHECK_POSE in checks and cfg.max_pose is not None and pose > cfg.max_pose:
+        if gates.max_pose is not None and pose > gates.max_pose:
             raise FaceLibError(E.FACE_POSE_EXTREME, detail=f"yaw score {pose:.2f}")
-        if CHECK_BLUR in checks and cfg.max_blur is not None and blur > cfg.max_blur:
+        if gates.max_blur is not None and blur > gates.max_blur:
             raise FaceLibError(E.FACE_BLURRY, detail=f"blur score {blur:.2f}")
 
         t = time.perf_counter()

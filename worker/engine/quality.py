@@ -3,6 +3,11 @@
 Each is a plain function of numbers the engine already has (the detector box, the 5 landmarks,
 the aligned 150x150 chip), so computing them costs well under a millisecond. The thresholds
 that turn them into errcodes live in `EngineConfig`; how they were measured is in docs/engine.md.
+
+Which of them a request applies is its `qualityControl` level (`config.gates_for`):
+NONE none; LOW out of frame and size; NORMAL also pose and blur (registration's default; LOW is
+recognition's); HIGH the four with stricter thresholds (face 1.25x the minimum, 5% out of
+frame, pose 0.50, blur 0.60). What each level costs on LFW: docs/engine.md.
 """
 
 from __future__ import annotations
