@@ -28,6 +28,8 @@ import pytest
 import requests
 from psycopg.rows import dict_row
 
+from shared.queue import FACE_QUEUES
+
 ROOT = Path(__file__).resolve().parent.parent
 FACES = ROOT / "tests" / "fixtures" / "faces"
 LFW = Path(os.environ.get("FACELIB_LFW", ROOT.parent / "shared" / "faces" / "lfw"))
@@ -166,7 +168,7 @@ class Stack:
         concurrency: int = 2,
         beat: bool = True,
         name: str | None = None,
-        queues: str = "faces,callbacks",
+        queues: str | None = None,  # None: every queue (worker_command's default)
         env: dict[str, str] | None = None,
     ) -> subprocess.Popen:
         from shared.cli import worker_command
@@ -178,19 +180,19 @@ class Stack:
     @contextmanager
     def face_worker(self, **env_overrides: str) -> Iterator[None]:
         """Run the face jobs with another worker for a while: the stack's face worker is
-        stopped, one with these settings takes the `faces` queue, and the stack's is started
+        stopped, one with these settings takes the face queues, and the stack's is started
         again afterwards (e.g. FACELIB_MATCH_MODEL=mobilefacenet for a module's tests)."""
         for name in [n for n in self.procs if n.startswith("worker-")]:
             _stop(self.procs.pop(name))
         name = f"worker-swapped-{secrets.token_hex(3)}"
-        self.start_worker(queues="faces", name=name, env={**self.env, **env_overrides})
+        self.start_worker(queues=FACE_QUEUES, name=name, env={**self.env, **env_overrides})
         try:
             self.wait_log(name, " ready.")
             yield
         finally:
             _stop(self.procs.pop(name))
             restored = f"worker-{secrets.token_hex(3)}"
-            self.start_worker(queues="faces", name=restored)
+            self.start_worker(queues=FACE_QUEUES, name=restored)
             self.wait_log(restored, " ready.")
 
     def wait_log(self, name: str, text: str, timeout: float = 240) -> None:
@@ -289,7 +291,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
     get_settings.cache_clear()
     from shared.migrate import apply_migrations
-    from shared.queue import FACE_QUEUES
 
     apply_migrations(database_url)
 
