@@ -73,7 +73,8 @@ def test_faces_table_search_plan_uses_its_hnsw_index(stack: Stack) -> None:
         plan = "\n".join(
             r["QUERY PLAN"]
             for r in conn.execute(
-                "EXPLAIN SELECT id FROM faces ORDER BY embedding <=> %s::vector LIMIT 20",
+                "EXPLAIN SELECT id FROM faces"  # the index holds halfvec (sql/0009)
+                " ORDER BY embedding::halfvec(128) <=> %s::halfvec(128) LIMIT 20",
                 (str([0.1] * 128),),
             )
         )
