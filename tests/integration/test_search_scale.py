@@ -233,7 +233,7 @@ def test_search_recall_against_brute_force(stack: Stack) -> None:
             + repo.add_faces_bulk(
                 conn,
                 settings,
-                _items(vectors[1000:]),
+                _items(vectors[1000:1300], person_type="vip") + _items(vectors[1300:]),
                 library_ids=default,
                 client_id=None,
                 model="m",
@@ -276,7 +276,30 @@ def test_search_recall_against_brute_force(stack: Stack) -> None:
             )
             assert len(rows) == 20 and set(r["face_id"] for r in rows) <= set(ids[:1000])
             hits += rows[0]["face_id"] == ids[int(np.argmax(vectors[:1000] @ probe))]
+            # the exact path (a small filtered gallery) is exactly numpy's top 20
+            exact = repo.nearest_faces(
+                conn, probe, limit=20, ef_search=40, library_ids=[lib], exact=True
+            )
+            top = np.argsort(-(vectors[:1000] @ probe), kind="stable")[:20]
+            assert [r["face_id"] for r in exact] == [int(ids[i]) for i in top]
         assert hits >= 0.99 * len(probes)
+
+        # filtered by person type: vip (300 faces of this test, and any another test left)
+        vip_rows = conn.execute(
+            "SELECT f.id, f.embedding FROM faces f JOIN persons p ON p.id = f.person_id"
+            " WHERE p.person_type = 'vip' ORDER BY f.id"
+        ).fetchall()
+        vip_ids = np.array([r["id"] for r in vip_rows])
+        vip_vecs = np.stack([np.asarray(r["embedding"].to_numpy()) for r in vip_rows])
+        probes = _moved(rng, vectors[rng.choice(np.arange(1000, 1300), 50, replace=False)], 0.06)
+        hits = 0
+        for probe in probes:
+            rows = repo.nearest_faces(
+                conn, probe, limit=20, ef_search=settings.hnsw_ef_search, person_types=["vip"]
+            )
+            assert len(rows) == 20 and {r["face_id"] for r in rows} <= set(vip_ids.tolist())
+            hits += rows[0]["face_id"] == vip_ids[int(np.argmax(vip_vecs @ probe))]
+        assert hits >= 0.98 * len(probes)
         conn.rollback()
 
 
