@@ -83,8 +83,27 @@ class EmbeddedPostgres:
 
             log.info("restarting the embedded PostgreSQL with %s", sorted(changed))
             user = "pgserver" if os.geteuid() == 0 else None
-            # pg_ctl restart reuses the options of the previous start (postmaster.opts)
-            pg_ctl(["-w", "-m", "fast", "restart"], pgdata=self.data_dir, user=user, timeout=60)
+            for attempt in range(3):
+                if user:
+                    # as root, pg_ctl runs as the pgserver user, who must be able to reach the
+                    # data directory; a parent may have been made private meanwhile (pytest
+                    # resets its temporary root to 0700 whenever a session starts)
+                    from pgserver.utils import ensure_prefix_permissions
+
+                    ensure_prefix_permissions(self.data_dir)
+                try:
+                    # pg_ctl restart reuses the options of the previous start (postmaster.opts)
+                    pg_ctl(
+                        ["-w", "-m", "fast", "restart"],
+                        pgdata=self.data_dir,
+                        user=user,
+                        timeout=60,
+                    )
+                    break
+                except subprocess.CalledProcessError:
+                    if attempt == 2:
+                        raise
+                    time.sleep(1)
 
     def stop(self) -> None:
         from pgserver._commands import pg_ctl
