@@ -53,7 +53,58 @@ class EmbeddedPostgres:
             if not exists:
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.database)))
         self.admin_url = admin_url
+        self.configure(admin_url)
         return server.get_uri(self.database)
+
+    def configure(self, admin_url: str) -> None:
+        """Size the server for this machine (`tuned_settings`): written with ALTER SYSTEM, so
+        they live in the data directory's postgresql.auto.conf; a restart (fast, only when a
+        restart-only setting such as shared_buffers changed) makes them take effect."""
+        wanted = tuned_settings()
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            current = dict(
+                conn.execute(
+                    "SELECT name, setting || coalesce(' ' || unit, '') FROM pg_settings"
+                    " WHERE name = ANY(%s)",
+                    (list(wanted),),
+                ).fetchall()
+            )
+            changed = [k for k, v in wanted.items() if _normal(current.get(k)) != _normal(v)]
+            for name in changed:
+                conn.execute(
+                    sql.SQL("ALTER SYSTEM SET {} = {}").format(
+                        sql.Identifier(name), sql.Literal(wanted[name])
+                    )
+                )
+            restart = {"shared_buffers", "max_worker_processes"} & set(changed)
+            if changed and not restart:
+                conn.execute("SELECT pg_reload_conf()")
+        if restart:
+            from pgserver._commands import pg_ctl
+
+            log.info("restarting the embedded PostgreSQL with %s", sorted(changed))
+            user = "pgserver" if os.geteuid() == 0 else None
+            for attempt in range(3):
+                if user:
+                    # as root, pg_ctl runs as the pgserver user, who must be able to reach the
+                    # data directory; a parent may have been made private meanwhile (pytest
+                    # resets its temporary root to 0700 whenever a session starts)
+                    from pgserver.utils import ensure_prefix_permissions
+
+                    ensure_prefix_permissions(self.data_dir)
+                try:
+                    # pg_ctl restart reuses the options of the previous start (postmaster.opts)
+                    pg_ctl(
+                        ["-w", "-m", "fast", "restart"],
+                        pgdata=self.data_dir,
+                        user=user,
+                        timeout=60,
+                    )
+                    break
+                except subprocess.CalledProcessError:
+                    if attempt == 2:
+                        raise
+                    time.sleep(1)
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server (`mode`: pg_ctl's fast, or immediate to simulate a crash)."""
@@ -68,6 +119,63 @@ class EmbeddedPostgres:
         handle = PostgresServer._instances.pop(self.data_dir.expanduser().resolve(), None)
         if handle is not None:
             atexit.unregister(handle._cleanup)  # it would look for the handle dropped here
+
+
+def machine_memory_bytes() -> int:
+    """RAM this process may use: the physical memory, or the cgroup limit when lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        with contextlib.suppress(OSError, ValueError):
+            limit = int(Path(path).read_text().strip())
+            if 0 < limit < total:
+                total = limit
+    return total
+
+
+def _mb(n: float) -> str:
+    return f"{max(1, int(n // (1024 * 1024)))}MB"
+
+
+def _normal(value: str | None) -> str:
+    """A setting comparable whatever its spelling: '16384 8kB' (pg_settings' setting and unit)
+    and '128MB' (ours) both in kB; other values as they are."""
+    if value is None:
+        return ""
+    factors = {"8kB": 8, "kB": 1, "MB": 1024, "GB": 1024 * 1024}
+    number, _, unit = value.partition(" ")
+    if not unit:
+        digits = value.rstrip("kMGB")
+        number, unit = digits, value[len(digits) :]
+    if unit in factors and number.isdigit():
+        return str(int(number) * factors[unit])
+    return value
+
+
+def tuned_settings(memory_bytes: int | None = None, cpus: int | None = None) -> dict[str, str]:
+    """PostgreSQL settings for a node that serves face search (docs/scaling.md).
+
+    The memory budget is FACELIB_PG_MEMORY_MB, or a quarter of the machine's RAM when unset
+    (the workers' face models and the OS page cache need the rest). Of that budget:
+    shared_buffers a half (the face index and table pages stay cached: a search touches a few
+    thousand), effective_cache_size the whole budget plus what the OS caches, and
+    maintenance_work_mem up to a quarter for index builds (`facelib reindex`), with one
+    parallel build worker per spare core. max_wal_size large enough that a bulk load of a
+    million faces is not cut into forced checkpoints.
+    """
+    from shared.settings import _int  # the embedded server starts before Settings can be read
+
+    total = memory_bytes or machine_memory_bytes()
+    budget = _int("FACELIB_PG_MEMORY_MB", 0) * 1024 * 1024 or total // 4
+    budget = max(budget, 256 * 1024 * 1024)
+    cores = cpus or os.cpu_count() or 1
+    return {
+        "shared_buffers": _mb(budget / 2),
+        "effective_cache_size": _mb(max(budget, total / 2)),
+        "maintenance_work_mem": _mb(min(budget / 4, 4 * 1024**3)),
+        "max_parallel_maintenance_workers": str(max(1, min(cores - 1, 4))),
+        "max_wal_size": _mb(min(max(budget / 2, 1024**3), 8 * 1024**3)),
+        "random_page_cost": "1.1",
+    }
 
 
 def redis_server_binary() -> str:

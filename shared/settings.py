@@ -157,6 +157,16 @@ class Settings:
     fetch_allowlist: tuple[str, ...] = ()
     fetch_max_bytes: int = 10 * 1024 * 1024
     fetch_timeout_seconds: float = 10.0
+    # Search at scale (docs/scaling.md): hnsw.ef_search per million faces in one index partition
+    # (it grows linearly with the partition from FACELIB_HNSW_EF_SEARCH up to
+    # FACELIB_HNSW_EF_MAX), the faces per index
+    # partition and the graph parameters that `facelib reindex` builds the indexes with.
+    hnsw_ef_per_million: int = 400
+    hnsw_ef_max: int = 400
+    search_partition_faces: int = 250_000
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 64
+
     # Optional embedding models (docs/models.md): those enabled and installed are computed at
     # every registration beside dlib's; `match_model` decides recong, verify and the duplicate
     # check ("dlib" or an enabled model). Enrolment photos kept AES-GCM encrypted (key ids as
@@ -379,6 +389,11 @@ def load_settings() -> Settings:
         models=models,
         match_model=match_model,
         keep_enrolment_photos=_bool("FACELIB_KEEP_ENROLMENT_PHOTOS", False),
+        hnsw_ef_per_million=_int("FACELIB_HNSW_EF_PER_MILLION", 400),
+        hnsw_ef_max=_int("FACELIB_HNSW_EF_MAX", 400),
+        search_partition_faces=_int("FACELIB_SEARCH_PARTITION_FACES", 250_000),
+        hnsw_m=_int("FACELIB_HNSW_M", 32),
+        hnsw_ef_construction=_int("FACELIB_HNSW_EF_CONSTRUCTION", 64),
     )
 
 
