@@ -70,7 +70,8 @@ def test_faces_table_has_its_hnsw_cosine_index(stack: Stack) -> None:
             " AND indexname = 'faces_embedding_hnsw'"
         ).fetchone()
     assert row is not None
-    assert "hnsw" in row["indexdef"] and "cosine_ops" in row["indexdef"]  # halfvec_cosine_ops (sql/0009)
+    # halfvec_cosine_ops since sql/0009
+    assert "hnsw" in row["indexdef"] and "cosine_ops" in row["indexdef"]
 
 
 def test_requests_without_or_with_bad_token_are_refused(stack: Stack) -> None:
