@@ -1,5 +1,6 @@
-"""Repositories: the only code that runs SQL. Each function takes an open connection, so the
-caller decides the transaction (see `shared.db.transaction`)."""
+"""Repositories: where the SQL lives (a few statements are still elsewhere: issue #14).
+
+Each function takes an open connection, so the caller decides the transaction (see `shared.db.transaction`)."""
 
 from __future__ import annotations
 

@@ -56,6 +56,21 @@ def small_jpeg_b64(name: str, max_side: int = 800) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def run_facelib(
+    args: list[str], env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess:
+    """The `facelib` CLI as an operator runs it: its own process, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 # Personal data and secrets the tests send; the log scan checks none of them reaches a log.
 SENSITIVE: set[str] = set()
 _id_seq = itertools.count(1)

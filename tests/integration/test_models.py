@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import LFW, ROOT, Stack, new_id_num, small_jpeg_b64
+from tests.conftest import LFW, ROOT, Stack, new_id_num, run_facelib, small_jpeg_b64
 
 REG = "/tech/ai/face/faceLib/person/reg"
 RECONG = "/tech/ai/face/faceLib/person/recong"
@@ -42,15 +42,7 @@ _ENROLLED: list[str] = []
 
 
 def _cli(args: list[str], env: dict[str, str], timeout: float = INSTALL_TIMEOUT):
-    return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run_facelib(args, env, timeout)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import itertools
 import os
 import shutil
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -25,6 +24,7 @@ with warnings.catch_warnings():
     import dlib
 
 from shared import models
+from tests.conftest import run_facelib
 from worker.engine import EngineConfig, FaceEngine
 from worker.engine.backends import BackendUnavailableError
 from worker.engine.decode import decode_image
@@ -65,15 +65,7 @@ def run_cli(
     env = dict(os.environ, FACELIB_HOME=str(home))
     if path_env is not None:
         env["PATH"] = path_env
-    return subprocess.run(
-        [sys.executable, "-m", "shared.cli", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=INSTALL_TIMEOUT,
-        check=False,
-    )
+    return run_facelib(args, env, INSTALL_TIMEOUT)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import os
 
 import pytest
@@ -17,17 +16,6 @@ from worker.engine.config import (
     EngineConfig,
     gates_for,
 )
-
-
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    monkeypatch.setenv("DATABASE_URL", "postgresql://localhost/x")
-    monkeypatch.setenv("REDIS_URL", "redis://localhost/0")
-    monkeypatch.setenv("FACELIB_INDEX_KEY", base64.b64encode(os.urandom(32)).decode())
-    monkeypatch.setenv("FACELIB_ENCRYPTION_KEY", base64.b64encode(b"k" * 32).decode())
-    for name in ("FACELIB_MODELS", "FACELIB_MATCH_MODEL", "FACELIB_KEEP_ENROLMENT_PHOTOS"):
-        monkeypatch.delenv(name, raising=False)
-    return monkeypatch
 
 
 def test_defaults_are_dlib_only(env: pytest.MonkeyPatch) -> None:

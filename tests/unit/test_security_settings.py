@@ -12,17 +12,6 @@ from api.schemas import json_depth, string_problem
 from shared.settings import SettingsError, load_settings
 
 
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    monkeypatch.setenv("DATABASE_URL", "postgresql://localhost/x")
-    monkeypatch.setenv("REDIS_URL", "redis://localhost/0")
-    monkeypatch.setenv("FACELIB_INDEX_KEY", base64.b64encode(os.urandom(32)).decode())
-    monkeypatch.setenv("FACELIB_ENCRYPTION_KEY", base64.b64encode(b"k" * 32).decode())
-    for name in ("FACELIB_ENCRYPTION_KEYS", "FACELIB_BIND", "FACELIB_RATE_LIMIT"):
-        monkeypatch.delenv(name, raising=False)
-    return monkeypatch
-
-
 @pytest.mark.parametrize(
     "name", ["FACELIB_RATE_LIMIT", "FACELIB_UNAUTH_RATE_LIMIT", "FACELIB_TOKEN_KEY_RATE_LIMIT"]
 )

@@ -14,6 +14,7 @@ from typing import Protocol, runtime_checkable
 import dlib
 import numpy as np
 
+from worker.engine.chips import checked_chips
 from worker.engine.models import face_recognition_model_path
 
 MODEL_NAME = "dlib_face_recognition_resnet_model_v1"
@@ -52,11 +53,7 @@ class DlibBackend:
         self._lock = threading.Lock()
 
     def embed(self, chips: np.ndarray) -> np.ndarray:
-        chips = np.asarray(chips)
-        if chips.ndim != 4 or chips.shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3):
-            raise ValueError(f"chips must be (N, {CHIP_SIZE}, {CHIP_SIZE}, 3), got {chips.shape}")
-        if chips.dtype != np.uint8:
-            raise ValueError(f"chips must be uint8, got {chips.dtype}")
+        chips = checked_chips(chips, CHIP_SIZE)
         if len(chips) == 0:
             return np.zeros((0, DESCRIPTOR_DIM), dtype=np.float32)
         batch = [np.ascontiguousarray(c) for c in chips]

@@ -29,6 +29,8 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
+from worker.engine.chips import checked_chips
+
 __all__ = [
     "ARCFACE_TEMPLATE",
     "CHIP_SIZE",
@@ -224,11 +226,7 @@ class MobileFaceNetBackend:
         raise ValueError(f"landmarks must be (68, 2) or (5, 2), got {p.shape}")
 
     def embed(self, chips: np.ndarray) -> np.ndarray:
-        chips = np.asarray(chips)
-        if chips.ndim != 4 or chips.shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3):
-            raise ValueError(f"chips must be (N, {CHIP_SIZE}, {CHIP_SIZE}, 3), got {chips.shape}")
-        if chips.dtype != np.uint8:
-            raise ValueError(f"chips must be uint8, got {chips.dtype}")
+        chips = checked_chips(chips, CHIP_SIZE)
         if len(chips) == 0:
             return np.zeros((0, DESCRIPTOR_DIM), dtype=np.float32)
         (out,) = self._session.run([self._output], {self._input: np.ascontiguousarray(chips)})

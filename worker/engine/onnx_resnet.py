@@ -28,6 +28,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from worker.engine.chips import checked_chips
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -620,13 +622,7 @@ class OnnxBackend:
         Returns (N, 128) float32, equal to dlib's `compute_face_descriptor(chip)` with
         num_jitters=0 to within float32 rounding.
         """
-        chips = np.asarray(chips)
-        if chips.ndim == 3:
-            raise ValueError("chips must be a batch (N, 150, 150, 3); use chips[None] for one")
-        if chips.shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3):
-            raise ValueError(f"chips must be (N, 150, 150, 3), got {chips.shape}")
-        if chips.dtype != np.uint8:
-            raise ValueError(f"chips must be uint8, got {chips.dtype}")
+        chips = checked_chips(chips, CHIP_SIZE)
         if len(chips) == 0:
             return np.zeros((0, DESCRIPTOR_SIZE), dtype=np.float32)
         (out,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(chips)})
