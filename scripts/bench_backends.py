@@ -32,7 +32,7 @@ import onnxruntime as ort
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from worker.engine.onnx_resnet import OnnxBackend  # noqa: E402
+from worker.engine.onnx.backend import OnnxBackend  # noqa: E402
 
 SAMPLES = REPO / "tests" / "fixtures" / "faces"
 LFW = REPO.parent / "shared" / "faces" / "lfw" / "images"

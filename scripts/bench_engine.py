@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO))
 
 from shared.errors import FaceLibError  # noqa: E402
 from worker.engine import EngineConfig, FaceEngine  # noqa: E402
-from worker.engine.backends import CHIP_PADDING, CHIP_SIZE  # noqa: E402
+from worker.engine.chips import CHIP_PADDING, CHIP_SIZE  # noqa: E402
 from worker.engine.models import face_recognition_model_path, shape_predictor_5_path  # noqa: E402
 
 with warnings.catch_warnings():
@@ -267,7 +267,7 @@ def pairs_part(lfw: Path, backend: str, workers: int, dump: Path | None) -> list
 
 def model_speed(samples: list[bytes], model: str, repeats: int = 20) -> str:
     """Per-face embedding step of dlib's ONNX backend and of `model`, one thread, same faces."""
-    from worker.engine.onnx_resnet import OnnxBackend
+    from worker.engine.onnx.backend import OnnxBackend
 
     engine = FaceEngine(EngineConfig(backend="onnx", extra_models=(model,)))
     extra = engine.extra[model]

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from shared.models import CHECK_FILE, MOBILEFACENET, installed  # noqa: E402
-from worker.engine.onnx_resnet import OnnxBackend  # noqa: E402
+from worker.engine.onnx.backend import OnnxBackend  # noqa: E402
 from worker.engine.tflite_onnx import convert_tflite, operator_counts  # noqa: E402
 
 

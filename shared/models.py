@@ -140,12 +140,10 @@ def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file, hex (also the engine's model-file fingerprint)."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 # -- fetching -------------------------------------------------------------------------------------
@@ -402,7 +400,7 @@ def installed(name: str, home: str | os.PathLike[str] | None = None) -> Installe
     try:
         manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
         onnx_path = directory / manifest["onnx"]["file"]
-        if _sha256_file(onnx_path) != manifest["onnx"]["sha256"]:
+        if sha256_file(onnx_path) != manifest["onnx"]["sha256"]:
             return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -459,5 +457,6 @@ __all__ = [
     "listing",
     "models_home",
     "notice",
+    "sha256_file",
     "verify",
 ]

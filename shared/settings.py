@@ -174,6 +174,10 @@ class Settings:
     models: tuple[str, ...] = ()
     match_model: str = "dlib"
     keep_enrolment_photos: bool = False
+    # FACELIB_MODEL_CACHE: where the ONNX backend caches the graph it builds from dlib's model
+    # file (docs/onnx-backend.md); None: ~/.cache/facelib. Read here so the engine reads no
+    # environment: the worker passes it in through EngineConfig.model_cache_dir.
+    model_cache_dir: str | None = field(default_factory=lambda: _env("FACELIB_MODEL_CACHE"))
 
 
 def _models() -> tuple[str, ...]:

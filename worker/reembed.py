@@ -46,6 +46,7 @@ def reembed(
             max_pixels=s.max_image_pixels,
             max_decode_bytes=s.max_decode_bytes,
             backend=s.embedding_backend,
+            model_cache_dir=s.model_cache_dir,
             extra_models=(model,),
         )
     )

@@ -97,6 +97,7 @@ def engine() -> FaceEngine:
             num_jitters=s.num_jitters,
             backend=s.embedding_backend,
             backend_threads=s.backend_threads,
+            model_cache_dir=s.model_cache_dir,
             extra_models=enabled_models(),
         )
     )

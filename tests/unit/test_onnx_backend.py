@@ -9,31 +9,26 @@ Chips are made exactly as the engine makes them (dlib HOG detector, 5-point land
 from __future__ import annotations
 
 import collections
-import warnings
 from pathlib import Path
 
+import dlib
 import numpy as np
 import pytest
 from PIL import Image
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")  # face_recognition_models imports pkg_resources
-    import dlib
-    import face_recognition_models
-
-from worker.engine.onnx_resnet import (
-    MODEL_STEM,
-    OnnxBackend,
-    build_onnx_model,
-    default_model_path,
-    read_dlib_resnet,
+from shared.settings import load_settings
+from tests.conftest import FACES, LFW
+from worker.engine import EngineConfig, FaceEngine
+from worker.engine.models import (
+    RESNET_MODEL_NAME,
+    face_recognition_model_path,
+    shape_predictor_5_path,
 )
+from worker.engine.onnx.backend import OnnxBackend
+from worker.engine.onnx.graph import build_onnx_model
+from worker.engine.onnx.parser import read_dlib_resnet
 
-REPO = Path(__file__).resolve().parents[2]
-SAMPLES = REPO / "tests" / "fixtures" / "faces"
-if not SAMPLES.is_dir():
-    SAMPLES = REPO.parent / "shared" / "faces" / "samples"
-LFW = REPO.parent / "shared" / "faces" / "lfw" / "images"
+LFW_IMAGES = LFW / "images"
 LFW_PHOTOS = 200
 
 # dlib and the ONNX graph sum in different orders; float32 rounding leaves ~1e-6.
@@ -43,9 +38,8 @@ MAX_L2 = 1e-5
 @pytest.fixture(scope="module")
 def dlib_models():
     detector = dlib.get_frontal_face_detector()
-    landmarks = face_recognition_models.pose_predictor_five_point_model_location()
-    predictor = dlib.shape_predictor(landmarks)
-    facerec = dlib.face_recognition_model_v1(default_model_path())
+    predictor = dlib.shape_predictor(shape_predictor_5_path())
+    facerec = dlib.face_recognition_model_v1(face_recognition_model_path())
     return detector, predictor, facerec
 
 
@@ -61,7 +55,7 @@ def chips_from(paths: list[Path], detector, predictor) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def sample_chips(dlib_models) -> np.ndarray:
-    paths = sorted(p for p in SAMPLES.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    paths = sorted(p for p in FACES.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     chips = chips_from(paths, *dlib_models[:2])
     assert len(chips) >= len(paths)  # every sample photo holds at least one face
     return chips
@@ -84,7 +78,7 @@ def max_l2(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_reader_finds_every_layer_of_the_resnet():
-    records = read_dlib_resnet(default_model_path())
+    records = read_dlib_resnet(face_recognition_model_path())
 
     assert records[0].kind == "input_rgb_image_sized"
     assert records[0].attrs["size"] == (150, 150)
@@ -114,7 +108,7 @@ def test_reader_finds_every_layer_of_the_resnet():
 
 
 def test_graph_has_the_declared_interface():
-    model = build_onnx_model(default_model_path())
+    model = build_onnx_model(face_recognition_model_path())
     (inp,) = model.graph.input
     (out,) = model.graph.output
     assert inp.name == "chips"
@@ -147,9 +141,11 @@ def test_matches_dlib_on_the_sample_photos(dlib_models, sample_chips, backend):
 
 @pytest.mark.lfw
 def test_matches_dlib_on_lfw_photos(dlib_models, backend):
-    if not LFW.is_dir():
-        pytest.skip(f"LFW not found at {LFW} (the team kit ../shared is not beside the repo)")
-    photos = sorted(LFW.glob("*/*.jpg"))
+    if not LFW_IMAGES.is_dir():
+        pytest.skip(
+            f"LFW not found at {LFW_IMAGES} (the team kit ../shared is not beside the repo)"
+        )
+    photos = sorted(LFW_IMAGES.glob("*/*.jpg"))
     photos = photos[:: max(1, len(photos) // LFW_PHOTOS)][:LFW_PHOTOS]
     chips = chips_from(photos, *dlib_models[:2])
     assert len(chips) >= 0.9 * len(photos)
@@ -182,14 +178,17 @@ def test_second_start_loads_the_cached_model(tmp_path, sample_chips):
     np.testing.assert_array_equal(second.embed(sample_chips), first.embed(sample_chips))
 
     assert first.name == "onnx"
-    assert first.version == f"{MODEL_STEM}/onnx-{first.model_sha256[:12]}"
+    assert first.version == f"{RESNET_MODEL_NAME}/onnx-{first.model_sha256[:12]}"
 
 
-def test_cache_dir_comes_from_the_environment(tmp_path, monkeypatch):
-    monkeypatch.setenv("FACELIB_MODEL_CACHE", str(tmp_path / "env-cache"))
-    backend = OnnxBackend()
-    assert backend.cache_path.parent == tmp_path / "env-cache"
-    assert backend.cache_path.is_file()
+def test_cache_dir_comes_from_the_settings(tmp_path, env):
+    assert load_settings().model_cache_dir is None  # the backend's default, ~/.cache/facelib
+    env.setenv("FACELIB_MODEL_CACHE", str(tmp_path / "env-cache"))
+    s = load_settings()
+    # as the worker builds its engine: the setting passed in, the engine reads no environment
+    engine = FaceEngine(EngineConfig(backend="onnx", model_cache_dir=s.model_cache_dir))
+    assert engine.backend.cache_path.parent == tmp_path / "env-cache"
+    assert engine.backend.cache_path.is_file()
 
 
 def test_damaged_cache_file_is_rebuilt(tmp_path, sample_chips):

@@ -3,7 +3,7 @@
 The engine aligns faces itself (`dlib.get_face_chip(img, shape, size=150, padding=0.25)`, exactly
 what dlib's `compute_face_descriptor(img, shape)` does inside), so a backend only runs the
 network. `DlibBackend` is the reference; the ONNX port of the same network lives in
-`worker.engine.onnx_resnet` and is imported only when asked for.
+`worker.engine.onnx` and is imported only when asked for.
 """
 
 from __future__ import annotations
@@ -14,13 +14,8 @@ from typing import Protocol, runtime_checkable
 import dlib
 import numpy as np
 
-from worker.engine.chips import checked_chips
-from worker.engine.models import face_recognition_model_path
-
-MODEL_NAME = "dlib_face_recognition_resnet_model_v1"
-CHIP_SIZE = 150
-CHIP_PADDING = 0.25
-DESCRIPTOR_DIM = 128
+from worker.engine.chips import CHIP_SIZE, DESCRIPTOR_DIM, checked_chips
+from worker.engine.models import RESNET_MODEL_NAME, face_recognition_model_path
 
 
 class BackendUnavailableError(RuntimeError):
@@ -41,7 +36,7 @@ class DlibBackend:
     """dlib's ResNet (`dlib_face_recognition_resnet_model_v1`) through dlib's own CPU code."""
 
     name = "dlib"
-    model = MODEL_NAME
+    model = RESNET_MODEL_NAME
 
     def __init__(self, num_jitters: int = 0) -> None:
         if num_jitters < 0:
@@ -63,21 +58,24 @@ class DlibBackend:
         return np.asarray([np.asarray(d) for d in out], dtype=np.float32)
 
 
-def make_backend(name: str, threads: int = 1, num_jitters: int = 0) -> EmbeddingBackend:
-    """The embedding backend called `name` ("dlib" or "onnx")."""
+def make_backend(
+    name: str, threads: int = 1, num_jitters: int = 0, cache_dir: str | None = None
+) -> EmbeddingBackend:
+    """The embedding backend called `name` ("dlib" or "onnx"); `cache_dir` is where the ONNX
+    backend caches the graph it builds (None: its default, `~/.cache/facelib`)."""
     if name == "dlib":
         return DlibBackend(num_jitters=num_jitters)
     if name == "onnx":
         if num_jitters:
             raise ValueError("num_jitters is supported by the dlib backend only")
         try:
-            from worker.engine.onnx_resnet import OnnxBackend
+            from worker.engine.onnx.backend import OnnxBackend
         except ImportError as exc:
             raise BackendUnavailableError(
-                "embedding backend 'onnx' is unavailable: worker.engine.onnx_resnet could not be "
+                "embedding backend 'onnx' is unavailable: worker.engine.onnx.backend could not be "
                 f"imported ({exc}); use backend='dlib' or install the ONNX backend"
             ) from exc
-        return OnnxBackend(threads=threads)
+        return OnnxBackend(threads=threads, cache_dir=cache_dir)
     raise ValueError(f"unknown embedding backend {name!r}: expected 'dlib' or 'onnx'")
 
 

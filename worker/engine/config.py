@@ -69,6 +69,9 @@ class EngineConfig:
     num_jitters: int = 0
     backend: str = "dlib"  # "dlib" | "onnx"
     backend_threads: int = 1  # intra-op threads of the ONNX backend (dlib's CPU path is serial)
+    # Where the ONNX backend caches the graph it builds (FACELIB_MODEL_CACHE, from Settings);
+    # None: ~/.cache/facelib.
+    model_cache_dir: str | None = None
     # Installed optional models (shared/models.py) embedded beside the backend's, on the same
     # face: each lands in `AnalyzedFace.embeddings[name]`. Empty: the engine runs as it always
     # did. `models_home` overrides $FACELIB_HOME for finding them; `mobilefacenet_landmarks`

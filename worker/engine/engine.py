@@ -32,17 +32,15 @@ from PIL import Image
 
 from shared.errors import E, FaceLibError
 from worker.engine import quality
-from worker.engine.backends import (
-    CHIP_PADDING,
-    CHIP_SIZE,
-    MODEL_NAME,
-    EmbeddingBackend,
-    make_backend,
-    make_extra_model,
-)
+from worker.engine.backends import EmbeddingBackend, make_backend, make_extra_model
+from worker.engine.chips import CHIP_PADDING, CHIP_SIZE
 from worker.engine.config import EngineConfig, gates_for
 from worker.engine.decode import DecodedImage, decode_image
-from worker.engine.models import shape_predictor_5_path, shape_predictor_68_path
+from worker.engine.models import (
+    RESNET_MODEL_NAME,
+    shape_predictor_5_path,
+    shape_predictor_68_path,
+)
 
 Purpose = Literal["register", "recognize"]
 Box = tuple[float, float, float, float]  # left, top, right, bottom; right/bottom exclusive
@@ -107,10 +105,13 @@ class FaceEngine:
         self._detector = dlib.get_frontal_face_detector()
         self._predictor = dlib.shape_predictor(shape_predictor_5_path())
         self.backend: EmbeddingBackend = make_backend(
-            config.backend, threads=config.backend_threads, num_jitters=config.num_jitters
+            config.backend,
+            threads=config.backend_threads,
+            num_jitters=config.num_jitters,
+            cache_dir=config.model_cache_dir,
         )
         # A port of the same network (ONNX) may say which weights it carries.
-        self.model: str = getattr(self.backend, "model", MODEL_NAME)
+        self.model: str = getattr(self.backend, "model", RESNET_MODEL_NAME)
         self.extra = {
             name: make_extra_model(
                 name,

@@ -21,7 +21,6 @@ docs/models.md gives the TAR of each on LFW; `DEFAULT_LANDMARKS` is the better o
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Literal
 
@@ -29,6 +28,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
+from shared.models import sha256_file
 from worker.engine.chips import checked_chips
 
 __all__ = [
@@ -174,14 +174,6 @@ def _pil_affine(inv: np.ndarray) -> tuple[float, ...]:
     return (float(a), float(b), float(c2), float(d), float(e), float(f2))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class MobileFaceNetBackend:
     """The installed MobileFaceNet ONNX graph on ONNX Runtime; `embed` is thread-safe.
 
@@ -202,7 +194,7 @@ class MobileFaceNetBackend:
         self.path = Path(onnx_path)
         self.threads = threads
         self.landmarks: Landmarks = landmarks
-        self.onnx_sha256 = _sha256(self.path)
+        self.onnx_sha256 = sha256_file(self.path)
         self.version = f"{MODEL_NAME}/onnx-{self.onnx_sha256[:12]}/lm{landmarks}"
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads

@@ -5,6 +5,9 @@ from __future__ import annotations
 import warnings
 from types import ModuleType
 
+# The name of dlib's ResNet face descriptor model, whichever backend runs it.
+RESNET_MODEL_NAME = "dlib_face_recognition_resnet_model_v1"
+
 
 def _models() -> ModuleType:
     with warnings.catch_warnings():

@@ -1,7 +1,7 @@
 """A TFLite float graph rebuilt as an ONNX graph, in pure Python (no TensorFlow).
 
 The `tflite` package parses the flatbuffer; this module rebuilds the graph with `onnx.helper`,
-the way `worker.engine.onnx_resnet` rebuilds dlib's network. It covers the operators a
+the way `worker.engine.onnx.graph` rebuilds dlib's network (and with its `GraphEmitter`). It covers the operators a
 float32 MobileFaceNet export uses (CONV_2D, DEPTHWISE_CONV_2D, ADD, SUB, MUL, RELU, RELU6,
 ABS, PRELU, RESHAPE, MEAN over H and W) and refuses anything else with the operator's name, so a
 graph it cannot represent exactly is never half converted.
@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+
+from worker.engine.onnx.graph import GraphEmitter
 
 __all__ = [
     "GRAPH_REVISION",
@@ -37,10 +38,7 @@ __all__ = [
 
 # Bump when the graph this module builds changes: installed models carry it in their file name.
 GRAPH_REVISION = 2
-# Opset 17 / IR 8, as worker/engine/onnx_resnet.py: understood by onnxruntime >= 1.14.
-OPSET = 17
-IR_VERSION = 8
-INPUT_NAME = "chips"
+# The input is GraphEmitter's `chips` (uint8 NHWC); the output:
 OUTPUT_NAME = "embeddings"
 
 # TFLite enums (schema.fbs), spelled out so that the converter reads as the schema does.
@@ -129,18 +127,16 @@ class _Op:
     options: object | None
 
 
-class _Converter:
+class _Converter(GraphEmitter):
     def __init__(self, data: bytes, prelu_form: str = "relu_neg") -> None:
+        super().__init__()
         if prelu_form not in PRELU_FORMS:
             raise ValueError(f"prelu_form must be one of {PRELU_FORMS}")
         self.prelu_form = prelu_form
-        self.model = _load(data)
-        self.g = self.model.Subgraphs(0)
-        self.nodes: list[onnx.NodeProto] = []
-        self.inits: list[onnx.TensorProto] = []
+        self.tfl = _load(data)
+        self.g = self.tfl.Subgraphs(0)
         self.names: dict[int, str] = {}  # TFLite tensor index -> ONNX value name
         self.rank: dict[int, int] = {}  # rank of each converted activation (4 = NCHW)
-        self.counter = 0
         self.ops = [self._read_op(i) for i in range(self.g.OperatorsLength())]
         # Which operators read each tensor: the PReLU fusion must own its intermediates.
         self.readers: dict[int, list[int]] = {}
@@ -156,7 +152,7 @@ class _Converter:
         import tflite
 
         op = self.g.Operators(i)
-        kind = _opcode(self.model, op)
+        kind = _opcode(self.tfl, op)
         table = op.BuiltinOptions()
         options = None
         cls = {
@@ -182,10 +178,10 @@ class _Converter:
         t = self.tensor(index)
         return tuple(int(v) for v in t.ShapeAsNumpy()) if t.ShapeLength() else ()
 
-    def const(self, index: int) -> np.ndarray | None:
+    def const_data(self, index: int) -> np.ndarray | None:
         """The constant data of tensor `index`, or None for an activation."""
         t = self.tensor(index)
-        buf = self.model.Buffers(t.Buffer())
+        buf = self.tfl.Buffers(t.Buffer())
         if buf is None or buf.DataLength() == 0:
             if buf is not None and buf.Offset() > 1:
                 raise TfliteConversionError(
@@ -205,21 +201,7 @@ class _Converter:
         raw = buf.DataAsNumpy().tobytes()
         return np.frombuffer(raw, dtype=dtype).astype(dtype[1:]).reshape(self.shape(index))
 
-    # -- emitting ----------------------------------------------------------------------------------
-
-    def fresh(self, prefix: str) -> str:
-        self.counter += 1
-        return f"{prefix}_{self.counter}"
-
-    def init(self, prefix: str, array: np.ndarray) -> str:
-        name = self.fresh(prefix)
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
-        return name
-
-    def node(self, op: str, inputs: list[str], out: str | None = None, **attrs: object) -> str:
-        out = out or self.fresh(op.lower())
-        self.nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
-        return out
+    # -- emitting ------------------------------------------------------------------------------
 
     def value(self, index: int) -> str:
         if index not in self.names:
@@ -233,14 +215,14 @@ class _Converter:
         """An elementwise operand: the activation, or the constant laid out like `like`."""
         if index in self.names:
             return self.names[index]
-        c = self.const(index)
+        c = self.const_data(index)
         if c is None:
             return self.value(index)
         if self.rank.get(like) == 4 and c.ndim >= 1:
             # An NHWC-broadcastable constant: make it 4-D NHWC, then NCHW.
             c4 = c.reshape((1,) * (4 - c.ndim) + c.shape).transpose(0, 3, 1, 2)
             c = c4.reshape(c4.shape[1:]) if c4.shape[0] == 1 else c4
-        return self.init("c", c.astype(np.float32))
+        return self.const("c", c.astype(np.float32))
 
     def activation(self, x: str, code: int) -> str:
         if code == _ACT_NONE:
@@ -249,7 +231,7 @@ class _Converter:
             return self.node("Relu", [x])
         if code == _ACT_RELU6:
             return self.node(
-                "Clip", [x, self.init("lo", np.float32(0)), self.init("hi", np.float32(6))]
+                "Clip", [x, self.const("lo", np.float32(0)), self.const("hi", np.float32(6))]
             )
         raise TfliteConversionError(f"fused activation {code} is not supported")
 
@@ -278,7 +260,7 @@ class _Converter:
     def conv(self, op: _Op, depthwise: bool) -> None:
         o = op.options
         x, w_idx = op.inputs[0], op.inputs[1]
-        w = self.const(w_idx)
+        w = self.const_data(w_idx)
         if w is None:
             raise TfliteConversionError("convolution weights must be constants")
         n, h, wd, c = self.shape(x)
@@ -298,12 +280,12 @@ class _Converter:
                 raise TfliteConversionError(f"conv expects {w.shape[3]} channels, gets {c}")
             weight = w.transpose(0, 3, 1, 2)
             group = 1
-        inputs = [self.value(x), self.init("W", weight.astype(np.float32))]
+        inputs = [self.value(x), self.const("W", weight.astype(np.float32))]
         if len(op.inputs) > 2 and op.inputs[2] >= 0:
-            b = self.const(op.inputs[2])
+            b = self.const_data(op.inputs[2])
             if b is None:
                 raise TfliteConversionError("convolution bias must be a constant")
-            inputs.append(self.init("B", b.astype(np.float32)))
+            inputs.append(self.const("B", b.astype(np.float32)))
         y = self.node(
             "Conv",
             inputs,
@@ -337,7 +319,7 @@ class _Converter:
         v = self.value(x)
         if self.rank.get(x) != 4 or alpha.ndim != 1 or self.prelu_form == "prelu":
             slope = alpha.reshape(-1, 1, 1) if self.rank.get(x) == 4 and alpha.ndim else alpha
-            y = self.node("PRelu", [v, self.init("slope", slope)])
+            y = self.node("PRelu", [v, self.const("slope", slope)])
             self.set(out, y, self.rank.get(x, 0))
             return
         # ONNX Runtime's PRelu kernel forces a reorder out of its blocked NCHWc layout and back
@@ -361,10 +343,10 @@ class _Converter:
         zeros = np.zeros_like(scale, dtype=np.float32)
         inputs = [
             x,
-            self.init("bn_scale", scale.astype(np.float32)),
-            self.init("bn_bias", zeros),
-            self.init("bn_mean", zeros),
-            self.init("bn_var", np.full_like(zeros, 1.0 - eps)),
+            self.const("bn_scale", scale.astype(np.float32)),
+            self.const("bn_bias", zeros),
+            self.const("bn_mean", zeros),
+            self.const("bn_var", np.full_like(zeros, 1.0 - eps)),
         ]
         return self.node("BatchNormalization", inputs, epsilon=eps)
 
@@ -380,12 +362,12 @@ class _Converter:
         if self.rank.get(x) == 4:
             v = self.node("Transpose", [v], perm=[0, 2, 3, 1])
         shape = np.array([0, *target[1:]] if target and src and target[0] == src[0] else target)
-        y = self.node("Reshape", [v, self.init("shape", shape.astype(np.int64))])
+        y = self.node("Reshape", [v, self.const("shape", shape.astype(np.int64))])
         self.set(op.outputs[0], y, len(target))
 
     def mean(self, op: _Op) -> None:
         x = op.inputs[0]
-        axes = self.const(op.inputs[1])
+        axes = self.const_data(op.inputs[1])
         keep = bool(op.options.KeepDims()) if op.options is not None else False
         if self.rank.get(x) != 4 or axes is None or sorted(int(a) for a in axes.ravel()) != [1, 2]:
             raise TfliteConversionError("MEAN is supported over H and W of a 4-D tensor only")
@@ -420,7 +402,7 @@ class _Converter:
             return None
         mul = self.ops[mul_k[0]]
         other = [t for t in mul.inputs if t != sub_op.outputs[0]]
-        c = self.const(other[0]) if len(other) == 1 else None
+        c = self.const_data(other[0]) if len(other) == 1 else None
         add_k = self.readers.get(mul.outputs[0], [])
         if c is None or len(add_k) != 1 or self.ops[add_k[0]].kind != "ADD":
             return None
@@ -449,10 +431,7 @@ class _Converter:
             raise TfliteConversionError("only float32 inputs are supported")
         n, h, w, c = self.shape(in_idx)
         # uint8 NHWC chips -> float, NCHW, (pixel - mean) / std.
-        x = self.node("Cast", [INPUT_NAME], to=TensorProto.FLOAT)
-        x = self.node("Transpose", [x], perm=[0, 3, 1, 2])
-        x = self.node("Sub", [x, self.init("mean", np.float32(mean))])
-        x = self.node("Mul", [x, self.init("inv_std", np.float32(1.0 / std))])
+        x = self.normalised_chips(("mean", np.float32(mean)), ("inv_std", np.float32(1.0 / std)))
         self.set(in_idx, x, 4)
 
         done: set[int] = set()
@@ -473,7 +452,7 @@ class _Converter:
             elif op.kind in ("RELU", "RELU6", "ABS"):
                 self.unary(op)
             elif op.kind == "PRELU":
-                alpha = self.const(op.inputs[1])
+                alpha = self.const_data(op.inputs[1])
                 if alpha is None:
                     raise TfliteConversionError("PRELU alpha must be a constant")
                 self.prelu(op.inputs[0], alpha.reshape(-1), op.outputs[0])
@@ -488,22 +467,14 @@ class _Converter:
         y = self.value(out_idx)
         if self.rank.get(out_idx) == 4:
             y = self.node("Transpose", [y], perm=[0, 2, 3, 1])
-        self.nodes.append(helper.make_node("Identity", [y], [OUTPUT_NAME], name="output"))
-        out_shape = self.shape(out_idx)
-        graph = helper.make_graph(
-            self.nodes,
-            "tflite_graph",
-            [helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["N", h, w, c])],
-            [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", *out_shape[1:]])],
-            self.inits,
-        )
-        model = helper.make_model(
-            graph,
-            opset_imports=[helper.make_opsetid("", OPSET)],
+        return self.model(
+            y,
+            graph_name="tflite_graph",
+            chip_shape=(h, w, c),
+            output_name=OUTPUT_NAME,
+            output_dims=list(self.shape(out_idx)[1:]),
             producer_name="facelib.worker.engine.tflite_onnx",
         )
-        model.ir_version = IR_VERSION
-        return model
 
 
 def convert_tflite(
