@@ -16,27 +16,21 @@ import pytest
 from PIL import Image, ImageFilter
 
 from shared.errors import E, FaceLibError
+from tests.conftest import FACES, ROOT, face_bytes
 from worker.engine import (
     Analysis,
-    BackendUnavailableError,
     EngineConfig,
     FaceEngine,
     get_engine,
     make_backend,
 )
 
-REPO = Path(__file__).resolve().parents[2]
-FACES = REPO / "tests" / "fixtures" / "faces"
 ORIENTATION = 0x0112  # EXIF tag
 
 
 @pytest.fixture(scope="module")
 def engine() -> FaceEngine:
     return get_engine(EngineConfig())
-
-
-def photo(name: str) -> bytes:
-    return (FACES / name).read_bytes()
 
 
 def encode(im: Image.Image, fmt: str, **params: object) -> bytes:
@@ -63,7 +57,7 @@ def refused(engine: FaceEngine, data: bytes, purpose: str = "register") -> FaceL
 
 @pytest.fixture(scope="module")
 def obama_1(engine: FaceEngine) -> Analysis:
-    return engine.analyze(photo("obama_1.jpg"), "register")
+    return engine.analyze(face_bytes("obama_1.jpg"), "register")
 
 
 # -- identity ---------------------------------------------------------------------------------
@@ -72,8 +66,8 @@ def obama_1(engine: FaceEngine) -> Analysis:
 def test_same_person_matches_and_different_people_do_not(
     engine: FaceEngine, obama_1: Analysis
 ) -> None:
-    obama_2 = engine.analyze(photo("obama_2.jpg"), "recognize")
-    biden = engine.analyze(photo("biden_1.jpg"), "recognize")
+    obama_2 = engine.analyze(face_bytes("obama_2.jpg"), "recognize")
+    biden = engine.analyze(face_bytes("biden_1.jpg"), "recognize")
     assert np.linalg.norm(raw(obama_1) - raw(obama_2)) < 0.6
     assert np.linalg.norm(raw(obama_1) - raw(biden)) > 0.6
     assert np.linalg.norm(raw(obama_2) - raw(biden)) > 0.6
@@ -105,11 +99,10 @@ def test_engine_is_cached_per_process_and_config(engine: FaceEngine) -> None:
 
 
 def test_onnx_backend_gives_the_dlib_embedding(obama_1: Analysis) -> None:
-    try:
-        onnx_engine = get_engine(EngineConfig(backend="onnx"))
-    except BackendUnavailableError as exc:
-        pytest.skip(str(exc))
-    seen = onnx_engine.analyze(photo("obama_1.jpg"), "register")
+    # ONNX is the service's default backend (FACELIB_EMBEDDING_BACKEND): if it cannot load,
+    # this fails with the reason (BackendUnavailableError), it never skips.
+    onnx_engine = get_engine(EngineConfig(backend="onnx"))
+    seen = onnx_engine.analyze(face_bytes("obama_1.jpg"), "register")
     assert seen.backend == "onnx" and seen.model == obama_1.model
     assert unit_distance(seen, obama_1) < 1e-4
 
@@ -120,7 +113,7 @@ def test_onnx_backend_gives_the_dlib_embedding(obama_1: Analysis) -> None:
 def test_two_people_refused_for_registration_largest_used_for_recognition(
     engine: FaceEngine,
 ) -> None:
-    data = photo("two_people_obama_biden.jpg")
+    data = face_bytes("two_people_obama_biden.jpg")
     assert refused(engine, data).err is E.MULTIPLE_FACES
     seen = engine.analyze(data, "recognize")
     assert seen.face_count == 2 and len(seen.faces) == 1
@@ -145,8 +138,8 @@ def test_dominant_face_with_a_small_background_face_registers(
 
 
 def test_rgba_png_works(engine: FaceEngine) -> None:
-    seen = engine.analyze(photo("rgba_32bit.png"), "register")
-    same_photo_as_jpeg = engine.analyze(photo("obama_2.jpg"), "register")
+    seen = engine.analyze(face_bytes("rgba_32bit.png"), "register")
+    same_photo_as_jpeg = engine.analyze(face_bytes("obama_2.jpg"), "register")
     assert unit_distance(seen, same_photo_as_jpeg) < 0.1
 
 
@@ -240,12 +233,12 @@ def test_small_face_in_a_large_jpeg_is_found_and_decoded_at_full_resolution(
 def test_faces_cut_by_the_border_are_out_of_frame(engine: FaceEngine) -> None:
     for name in ("obama_partial_face.jpg", "obama_partial_face2.jpg"):
         for purpose in ("register", "recognize"):
-            assert refused(engine, photo(name), purpose).err is E.FACE_OUT_OF_FRAME
+            assert refused(engine, face_bytes(name), purpose).err is E.FACE_OUT_OF_FRAME
 
 
 def test_small_face_is_too_small(engine: FaceEngine) -> None:
     for purpose in ("register", "recognize"):
-        assert refused(engine, photo("obama_240p.jpg"), purpose).err is E.FACE_TOO_SMALL
+        assert refused(engine, face_bytes("obama_240p.jpg"), purpose).err is E.FACE_TOO_SMALL
 
 
 def test_blurred_face_refused_for_registration_only(engine: FaceEngine) -> None:
@@ -278,7 +271,7 @@ def png_bomb(width: int, height: int) -> bytes:
 
 
 BAD_INPUTS = {
-    "truncated JPEG": (lambda: photo("obama_1.jpg")[:40_000], E.IMAGE_UNDECODABLE),
+    "truncated JPEG": (lambda: face_bytes("obama_1.jpg")[:40_000], E.IMAGE_UNDECODABLE),
     "text file": (lambda: b"name,idNum\nnot,an image\n" * 20, E.IMAGE_UNDECODABLE),
     "100-megapixel PNG bomb": (lambda: png_bomb(10_000, 10_000), E.IMAGE_TOO_MANY_PIXELS),
     "empty": (lambda: b"", E.IMAGE_UNDECODABLE),
@@ -327,7 +320,7 @@ def test_bad_images_are_refused_with_bounded_memory(tmp_path: Path) -> None:
         [sys.executable, "-c", _MEMORY_PROBE, *paths],
         capture_output=True,
         text=True,
-        cwd=REPO,
+        cwd=ROOT,
         timeout=60,
         check=True,
     )
