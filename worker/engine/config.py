@@ -1,6 +1,7 @@
-"""The face engine's settings: every threshold it applies, with the default we measured.
+"""The face engine's settings: every threshold it applies, with its default.
 
-How each default was measured is in docs/engine.md; change them there and here together.
+docs/engine.md says why each default was chosen and which command prints what each gate refuses
+on LFW; change them there and here together.
 """
 
 from __future__ import annotations
