@@ -1,10 +1,10 @@
 """A TFLite float graph rebuilt as an ONNX graph, in pure Python (no TensorFlow).
 
-The `tflite` package parses the flatbuffer; this module rebuilds the graph with `onnx.helper`,
-the way `worker.engine.onnx.graph` rebuilds dlib's network (and with its `GraphEmitter`). It covers the operators a
-float32 MobileFaceNet export uses (CONV_2D, DEPTHWISE_CONV_2D, ADD, SUB, MUL, RELU, RELU6,
-ABS, PRELU, RESHAPE, MEAN over H and W) and refuses anything else with the operator's name, so a
-graph it cannot represent exactly is never half converted.
+The `tflite` package parses the flatbuffer; this module rebuilds the graph with `onnx.helper`
+(through `GraphEmitter`), the way `worker.engine.onnx.graph` rebuilds dlib's network. It covers
+the operators a float32 MobileFaceNet export uses (CONV_2D, DEPTHWISE_CONV_2D, ADD, SUB, MUL,
+RELU, RELU6, ABS, PRELU, RESHAPE, MEAN over H and W) and refuses anything else with the
+operator's name, so a graph it cannot represent exactly is never half converted.
 
 Layout: TFLite computes in NHWC; ONNX Runtime's fast convolution kernels want NCHW. The graph
 is converted to NCHW once, at the input, and stays NCHW: weights are transposed when the graph
@@ -38,7 +38,7 @@ __all__ = [
 
 # Bump when the graph this module builds changes: installed models carry it in their file name.
 GRAPH_REVISION = 2
-# The input is GraphEmitter's `chips` (uint8 NHWC); the output:
+# The graph's input is GraphEmitter's `chips` (uint8 NHWC); its output is called:
 OUTPUT_NAME = "embeddings"
 
 # TFLite enums (schema.fbs), spelled out so that the converter reads as the schema does.
@@ -201,7 +201,7 @@ class _Converter(GraphEmitter):
         raw = buf.DataAsNumpy().tobytes()
         return np.frombuffer(raw, dtype=dtype).astype(dtype[1:]).reshape(self.shape(index))
 
-    # -- emitting ------------------------------------------------------------------------------
+    # -- values ----------------------------------------------------------------------------------
 
     def value(self, index: int) -> str:
         if index not in self.names:

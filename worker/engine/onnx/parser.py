@@ -204,9 +204,9 @@ def read_dlib_resnet(path: str | os.PathLike[str]) -> list[DlibLayer]:
     descriptor net), and ends with the loss layer record (`loss_metric_2`).
 
     Tag and skip layers carry only a version number in the file, so the residual wiring is not
-    in the records; `graph.build_onnx_model` supplies it. The positions of the tag/skip layers in the
-    chain are recorded in each record's `attrs["tags_below"]` (how many tag/skip layers sit
-    directly below it) so the wiring can be checked against the file.
+    in the records; `graph.build_onnx_model` supplies it. The positions of the tag/skip layers
+    in the chain are recorded in each record's `attrs["tags_below"]` (how many tag/skip layers
+    sit directly below it) so the wiring can be checked against the file.
     """
     with open(path, "rb") as f:
         r = _Reader(io.BytesIO(f.read()))
