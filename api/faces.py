@@ -1,4 +1,5 @@
-"""The seed's endpoints: register a verified person's face (reg) and recognise a face (recong)."""
+"""The face endpoints: register a verified person's face (reg), recognise a face (recong, 1:N)
+and verify a face against one person (verify, 1:1). Each runs as a job on the worker."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from api.schemas import (
     idempotency_key,
     json_body,
     load,
+    load_with_id_num,
     person_types,
-    validated_id_num,
 )
 from shared import crypto, repo
 from shared.callbacks import callback_url_problem
@@ -41,10 +42,12 @@ from shared.queue import queue_depth
 from shared.recognition import PERSON_REF
 from shared.settings import get_settings
 
+# The blueprint keeps the name it had when this module was api/persons.py: endpoint names (and
+# the OpenAPI operationIds made from them) stay "persons.register" and so on.
 bp = Blueprint("persons", __name__, url_prefix="/tech/ai/face/faceLib/person")
 
 
-def _run(
+def _submit_and_answer(
     params: dict[str, Any],
     body: dict[str, Any],
     meta: dict[str, Any],
@@ -112,8 +115,7 @@ def _submit_job(kind: str, **fields: Any) -> tuple[dict[str, Any], bool]:
 def register() -> Response:
     """Register a verified person's face (sync, or async with a callback)."""
     body = json_body()
-    params = load(RegisterSchema(), body)
-    id_num = validated_id_num(params["idNum"])
+    params, id_num = load_with_id_num(RegisterSchema(), body)
     settings = get_settings()
     g.audit_person_ref = "b:" + crypto.blind_index(settings.index_key, id_num).hex()
     person = {
@@ -127,7 +129,7 @@ def register() -> Response:
     submit = functools.partial(
         submit_registration, id_num=id_num, person=person, library_ids=libraries
     )
-    return _run(params, body, {}, submit)
+    return _submit_and_answer(params, body, {}, submit)
 
 
 @bp.post("/recong")
@@ -147,7 +149,7 @@ def recognize() -> Response:
     if params["libIds"]:
         with transaction() as conn:
             meta["libraryIds"] = repo.library_ids(conn, params["libIds"])
-    return _run(params, body, meta, functools.partial(_submit_job, "recognize"))
+    return _submit_and_answer(params, body, meta, functools.partial(_submit_job, "recognize"))
 
 
 @bp.post("/verify")
@@ -156,8 +158,7 @@ def recognize() -> Response:
 def verify() -> Response:
     """1:1 verification: is this face the person with this idNum?"""
     body = json_body()
-    params = load(VerifySchema(), body)
-    id_num = validated_id_num(params["idNum"])
+    params, id_num = load_with_id_num(VerifySchema(), body)
     with transaction() as conn:
         person = repo.find_person(conn, get_settings(), id_num)
     # A client that may not read persons must not learn whether an idNum is enrolled: for it an
@@ -173,7 +174,7 @@ def verify() -> Response:
         "concealAbsence": conceal,
         **decision_floor(g.client, params["threshold"]),
     }
-    return _run(params, body, meta, functools.partial(_submit_job, "verify"))
+    return _submit_and_answer(params, body, meta, functools.partial(_submit_job, "verify"))
 
 
 def _may_read_persons(client: dict[str, Any]) -> bool:

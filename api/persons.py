@@ -30,13 +30,15 @@ from api.schemas import (
     documented,
     json_body,
     load,
-    validated_id_num,
+    load_with_id_num,
 )
 from shared import persons, repo
 from shared.db import transaction
 from shared.errors import E, FaceLibError
 from shared.settings import get_settings
 
+# The blueprint keeps the name it had when this module was api/manage.py: endpoint names (and
+# the OpenAPI operationIds made from them) stay "manage.get_person" and so on.
 bp = Blueprint("manage", __name__, url_prefix="/tech/ai/face/faceLib/person")
 
 
@@ -106,7 +108,8 @@ def _face_data(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _lookup(conn: Any, id_num: str) -> dict[str, Any]:
-    """The person with this idNum, or 5001; the audit row points at them."""
+    """The person with this idNum, or 5001; the audit row points at them (p:<id>) only once
+    found: a lookup of an idNum that is not enrolled (or was erased) leaves no blind index."""
     settings = get_settings()
     person = persons.find_person_summary(conn, settings, id_num)
     if person is None:
@@ -115,22 +118,12 @@ def _lookup(conn: Any, id_num: str) -> dict[str, Any]:
     return person
 
 
-def _id_num(body: Any, schema: Schema) -> tuple[dict[str, Any], str]:
-    """The request's parameters and its checked idNum.
-
-    The audit row names the person (p:<id>) only once found: a lookup of an idNum that is not
-    enrolled (or was erased) leaves no blind index behind.
-    """
-    params = load(schema, body)
-    return params, validated_id_num(params["idNum"])
-
-
 @bp.post("/get")
 @require_scope("person:read")
 @documented(body=PersonLookupSchema, data=PersonGetData)
 def get_person() -> Response:
     """A person's record by idNum: fields, number of faces, timestamps."""
-    _, id_num = _id_num(json_body(), PersonLookupSchema())
+    _, id_num = load_with_id_num(PersonLookupSchema(), json_body())
     with transaction() as conn:
         person = _lookup(conn, id_num)
         data = {"idNum": repo.decrypt_id_num(get_settings(), person), **_person_data(person)}
@@ -142,7 +135,7 @@ def get_person() -> Response:
 @documented(body=PersonUpdateSchema, data=PersonData)
 def update_person() -> Response:
     """Change name, personType and/or customerID of a person ("" clears customerID)."""
-    params, id_num = _id_num(json_body(), PersonUpdateSchema())
+    params, id_num = load_with_id_num(PersonUpdateSchema(), json_body())
     name = params["name"].strip() if params["name"] is not None else None
     if name == "":
         raise FaceLibError(E.PARAM_INVALID, detail="name: empty", data={"field": "name"})
@@ -172,7 +165,7 @@ def update_person() -> Response:
 @documented(body=PersonLookupSchema, data=PersonDeleteData)
 def delete_person() -> Response:
     """Erase a person: record, faces, stored images, and every link to them (see shared/persons)."""
-    _, id_num = _id_num(json_body(), PersonLookupSchema())
+    _, id_num = load_with_id_num(PersonLookupSchema(), json_body())
     # the audit row of an erasure does not point at the person it erased: it records who and when
     settings = get_settings()
     with transaction() as conn:
@@ -215,7 +208,7 @@ def list_persons() -> Response:
 @documented(body=PersonLookupSchema, data=FacesData)
 def list_faces() -> Response:
     """The faces of a person (ids, boxes, quality, model; never the embeddings)."""
-    _, id_num = _id_num(json_body(), PersonLookupSchema())
+    _, id_num = load_with_id_num(PersonLookupSchema(), json_body())
     with transaction() as conn:
         person = _lookup(conn, id_num)
         faces = persons.list_faces(conn, person["id"])
