@@ -17,4 +17,6 @@ ENV FACELIB_HOME=/var/lib/facelib
 RUN mkdir -p /var/lib/facelib && chown facelib /var/lib/facelib
 USER facelib
 EXPOSE 7007
-CMD ["gunicorn", "--worker-class", "gthread", "--workers", "4", "--threads", "8", "--bind", "0.0.0.0:7007", "api:create_app()"]
+# gunicorn's settings are shared/cli/gunicorn_conf.py (the same as `facelib up`'s); only the
+# address and the number of workers are the image's own
+CMD ["gunicorn", "--config", "python:shared.cli.gunicorn_conf", "--workers", "4", "--bind", "0.0.0.0:7007"]

@@ -34,10 +34,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from api import (
         audit,
         envelope,
+        faces,
         files,
         health,
         libraries,
-        manage,
         metrics,
         openapi,
         persons,
@@ -52,8 +52,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     audit.init_app(app)
     metrics.init_app(app)
     app.register_blueprint(health.bp)
+    app.register_blueprint(faces.bp)
     app.register_blueprint(persons.bp)
-    app.register_blueprint(manage.bp)
     app.register_blueprint(files.bp)
     app.register_blueprint(tasks.bp)
     app.register_blueprint(tokens.bp)

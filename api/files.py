@@ -10,16 +10,20 @@ anything is looked up, and an unknown one gets 3008. All three need the `file:wr
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
-
 from flask import Blueprint, Flask, Response, g, request
 from werkzeug.routing import PathConverter
 
 from api.auth import require_scope
 from api.envelope import respond
-from api.schemas import FileDeleteData, UploadData, UploadRequest, documented, json_body
+from api.schemas import (
+    FileDeleteData,
+    UploadData,
+    UploadRequest,
+    base64_text,
+    decode_base64,
+    documented,
+    json_body,
+)
 from shared.errors import E, FaceLibError
 from shared.filestore import CONTENT_TYPE, checked_path, delete_file, read_file, store_upload
 from shared.settings import get_settings
@@ -37,9 +41,6 @@ class StoredFileConverter(PathConverter):
 def init_app(app: Flask) -> None:
     """Before the blueprint is registered: its routes use the converter."""
     app.url_map.converters["stored_file"] = StoredFileConverter
-
-
-_DATA_URL = re.compile(r"^data:image/[a-zA-Z0-9.+-]+;base64,", re.IGNORECASE)
 
 
 def _too_large(limit: int) -> FaceLibError:
@@ -66,13 +67,10 @@ def _uploaded_bytes(limit: int) -> bytes:
     data = body.get("data")
     if not isinstance(data, str) or not data:
         raise FaceLibError(E.PARAM_MISSING, detail="data", data={"field": "data"})
-    text = "".join(_DATA_URL.sub("", data.strip(), count=1).split())
+    text = base64_text(data)
     if len(text) > (limit + 2) // 3 * 4:
         raise _too_large(limit)
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise FaceLibError(E.IMAGE_BASE64_INVALID, data={"field": "data"}) from None
+    return decode_base64(text, "data")
 
 
 @bp.post("/upload")

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import hmac
-import os
 import threading
 import time
 from typing import Any
@@ -130,7 +129,7 @@ class DatabaseCollector:
 
 def _registry() -> CollectorRegistry:
     registry = CollectorRegistry()
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if get_settings().prometheus_multiproc_dir:
         multiprocess.MultiProcessCollector(registry)
     else:
         registry.register(REQUESTS)

@@ -77,7 +77,9 @@ def _ref(spec: APISpec, schema: type[Schema]) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _operation(spec: APISpec, view: Any, path_params: list[dict[str, Any]]) -> dict[str, Any]:
+def _operation(
+    spec: APISpec, endpoint: str, view: Any, path_params: list[dict[str, Any]]
+) -> dict[str, Any]:
     meta = getattr(view, "openapi", None)
     if meta is None:
         raise RuntimeError(f"view {view.__module__}.{view.__name__} is not @documented")
@@ -85,7 +87,7 @@ def _operation(spec: APISpec, view: Any, path_params: list[dict[str, Any]]) -> d
     doc = (view.__doc__ or view.__name__).strip().split("\n\n")[0]
     op: dict[str, Any] = {
         "summary": " ".join(doc.split()),
-        "operationId": f"{view.__module__.rsplit('.', 1)[-1]}.{view.__name__}",
+        "operationId": endpoint,  # blueprint.view: stable whatever module the view lives in
         "parameters": list(path_params),
     }
     if scopes:
@@ -175,7 +177,9 @@ def build_spec(app: Flask) -> dict[str, Any]:
         path = _CONVERTER.sub(lambda m: "{" + m["name"] + "}", rule.rule)
         for method in sorted(rule.methods or ()):
             if method.lower() in _METHODS:
-                paths.setdefault(path, {})[method.lower()] = _operation(spec, view, params)
+                paths.setdefault(path, {})[method.lower()] = _operation(
+                    spec, rule.endpoint, view, params
+                )
     for path, operations in paths.items():
         spec.path(path, operations=operations)
     out = spec.to_dict()

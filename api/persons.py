@@ -1,192 +1,232 @@
-"""The seed's endpoints: register a verified person's face (reg) and recognise a face (recong)."""
+"""Person management: read, update, list and erase enrolled persons, and list/delete their faces.
+
+Every endpoint is a POST with a JSON body, so idNums never appear in URLs, proxy or access logs.
+Persons are shared by the bank (not per client): person:read lets a client read every person,
+person:write change or erase every person; the audit row of each request records which client.
+Lookups by idNum go through the blind index. Responses never carry embeddings, the blind index
+or the ciphertext; the decrypted idNum is returned only by `get` (the caller already knows it),
+lists show the masked form.
+"""
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Response, g
+from marshmallow import EXCLUDE, Schema, fields, validate
 
 from api.auth import require_scope
 from api.envelope import respond
 from api.schemas import (
-    RecognizeData,
-    RecognizeSchema,
-    RegisterData,
-    RegisterSchema,
-    VerifyData,
-    VerifySchema,
-    decode_self_image,
+    ID_NUM,
+    PERSON_TYPES,
+    FaceDeleteData,
+    FacesData,
+    PersonData,
+    PersonDeleteData,
+    PersonGetData,
+    PersonListData,
     documented,
-    idempotency_key,
     json_body,
     load,
-    person_types,
-    validated_id_num,
+    load_with_id_num,
 )
-from shared import crypto, repo
-from shared.callbacks import callback_url_problem
+from shared import persons, repo
 from shared.db import transaction
-from shared.errors import ERRCODES, E, FaceLibError
-from shared.image_sources import check_image_ref
-from shared.jobs import (
-    finished_envelope,
-    request_hash,
-    submit_job,
-    submit_registration,
-    wait_for_job,
-)
-from shared.queue import queue_depth
-from shared.recognition import PERSON_REF
+from shared.errors import E, FaceLibError
 from shared.settings import get_settings
 
-bp = Blueprint("persons", __name__, url_prefix="/tech/ai/face/faceLib/person")
+# The blueprint keeps the name it had when this module was api/manage.py: endpoint names (and
+# the OpenAPI operationIds made from them) stay "manage.get_person" and so on.
+bp = Blueprint("manage", __name__, url_prefix="/tech/ai/face/faceLib/person")
 
 
-def _run(
-    params: dict[str, Any],
-    body: dict[str, Any],
-    meta: dict[str, Any],
-    submit: Callable[..., tuple[dict[str, Any], bool]],
-) -> Response:
-    """What reg, recong and verify share: image checks, callback, idempotency, back-pressure,
-    submission (`submit`), then the async answer or the wait for the result."""
-    settings = get_settings()
-    client = g.client
-    image = params["faceImage"]
-    origin = image["origin"]
-    if origin == "self":
-        raw = decode_self_image(image["data"], settings.max_base64_bytes)
-    else:
-        raw = None
-        check_image_ref(origin, image["data"])  # syntax only: the worker fetches
-    callback_url = params["callbackUrl"] or (client["callback_url"] if params["async_"] else None)
-    if callback_url and params["callbackUrl"]:
-        problem = callback_url_problem(callback_url, settings.callback_allow_private)
-        if problem:
-            raise FaceLibError(E.PARAM_INVALID, detail=f"callbackUrl: {problem}")
-    request_id = params["requestId"] or idempotency_key()
-    if params["async_"] and queue_depth() > settings.queue_max_depth:
-        raise FaceLibError(E.BUSY, detail=f"more than {settings.queue_max_depth} jobs waiting")
-    meta = {
-        **meta,
-        "requestId": g.get("request_id"),
-        "async": params["async_"],
-        "origin": origin,
-        "imageBytes": len(raw) if raw is not None else None,
-    }
-    if params["qualityControl"] is not None:  # absent: today's gates (docs/engine.md)
-        meta["qualityControl"] = params["qualityControl"]
-    job, created = submit(
-        client_id=client["id"],
-        request_id=request_id,
-        request_hash=request_hash(body),
-        meta=meta,
-        callback_url=callback_url,
-        origin=origin,
-        image=raw,
-        ref=None if origin == "self" else image["data"],
+class _Body(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+
+class PersonLookupSchema(_Body):
+    idNum = fields.String(required=True, metadata=ID_NUM)
+
+
+class PersonUpdateSchema(PersonLookupSchema):
+    name = fields.String(load_default=None, validate=validate.Length(min=1, max=100))
+    personType = fields.String(load_default=None, validate=validate.OneOf(PERSON_TYPES))
+    customerID = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=64))
+
+
+class PersonListSchema(_Body):
+    personType = fields.String(load_default=None, validate=validate.OneOf(PERSON_TYPES))
+    customerID = fields.String(load_default=None, validate=validate.Length(max=64))
+    namePrefix = fields.String(load_default=None, validate=validate.Length(min=1, max=100))
+    createdFrom = fields.AwareDateTime(load_default=None, default_timezone=UTC)
+    createdTo = fields.AwareDateTime(load_default=None, default_timezone=UTC)
+    page = fields.Integer(
+        load_default=1, strict=True, validate=validate.Range(min=1, max=1_000_000)
     )
-    task_id = str(job["id"])
-    headers = {"X-Task-Id": task_id}
-    if params["async_"]:
-        data = {"taskId": task_id, "status": job["status"]}
-        return respond(data, status=202 if created else 200, headers=headers)
-    job = wait_for_job(task_id, client["id"], settings.sync_timeout_seconds)
-    person_id = (job["result"] or {}).get(PERSON_REF)
-    if person_id is not None:
-        g.audit_person_ref = f"p:{person_id}"
-    env = finished_envelope(job)
-    err = ERRCODES.get(env["errcode"], E.INTERNAL)
-    return respond(env["data"], err, env["errmsg"], headers=headers)
-
-
-def _submit_job(kind: str, **fields: Any) -> tuple[dict[str, Any], bool]:
-    return submit_job(kind=kind, max_attempts=get_settings().job_max_attempts, **fields)
-
-
-@bp.post("/reg")
-@require_scope("face:register")
-@documented(body=RegisterSchema, data=RegisterData, job=True)
-def register() -> Response:
-    """Register a verified person's face (sync, or async with a callback)."""
-    body = json_body()
-    params = load(RegisterSchema(), body)
-    id_num = validated_id_num(params["idNum"])
-    settings = get_settings()
-    g.audit_person_ref = "b:" + crypto.blind_index(settings.index_key, id_num).hex()
-    person = {
-        "name": params["name"].strip(),
-        "personType": params["personType"],
-        "customerID": params["customerID"],
-    }
-
-    with transaction() as conn:
-        libraries = repo.library_ids(conn, params["libIds"] or ["default"])
-    submit = functools.partial(
-        submit_registration, id_num=id_num, person=person, library_ids=libraries
+    pageSize = fields.Integer(
+        load_default=20,
+        strict=True,
+        validate=validate.Range(min=1, max=persons.LIST_MAX_PAGE_SIZE),
     )
-    return _run(params, body, {}, submit)
 
 
-@bp.post("/recong")
-@require_scope("face:recognize")
-@documented(body=RecognizeSchema, data=RecognizeData, job=True)
-def recognize() -> Response:
-    """Recognise a face: the enrolled person it belongs to, and the score."""
-    body = json_body()
-    params = load(RecognizeSchema(), body)
-    client = g.client
-    meta: dict[str, Any] = {
-        **decision_floor(client, params["threshold"]),
-        "personTypes": person_types(params["personType"]),
-        "matchMode": params["matchMode"],
-        "galleryTarget": params["galleryTarget"] or client.get("gallery_target"),
+class FaceDeleteSchema(_Body):
+    faceId = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+
+
+def _timestamp(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat()
+
+
+def _person_data(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "personId": row["id"],
+        "idNumMasked": row["id_num_masked"],
+        "name": row["name"],
+        "personType": row["person_type"],
+        "customerID": row["customer_id"],
+        "faces": int(row["faces"]),
+        "createdAt": _timestamp(row["created_at"]),
+        "updatedAt": _timestamp(row["updated_at"]),
     }
-    if params["libIds"]:
-        with transaction() as conn:
-            meta["libraryIds"] = repo.library_ids(conn, params["libIds"])
-    return _run(params, body, meta, functools.partial(_submit_job, "recognize"))
 
 
-@bp.post("/verify")
-@require_scope("face:recognize")
-@documented(body=VerifySchema, data=VerifyData, job=True)
-def verify() -> Response:
-    """1:1 verification: is this face the person with this idNum?"""
-    body = json_body()
-    params = load(VerifySchema(), body)
-    id_num = validated_id_num(params["idNum"])
+def _face_data(row: dict[str, Any]) -> dict[str, Any]:
+    sha = row["image_sha256"]
+    return {
+        "faceId": row["id"],
+        "box": list(row["box"]),
+        "quality": row["quality"],
+        "model": row["model"],
+        "backend": row["backend"],
+        "imageSha256": bytes(sha).hex() if sha is not None else None,
+        "createdAt": _timestamp(row["created_at"]),
+    }
+
+
+def _lookup(conn: Any, id_num: str) -> dict[str, Any]:
+    """The person with this idNum, or 5001; the audit row points at them (p:<id>) only once
+    found: a lookup of an idNum that is not enrolled (or was erased) leaves no blind index."""
+    settings = get_settings()
+    person = persons.find_person_summary(conn, settings, id_num)
+    if person is None:
+        raise FaceLibError(E.PERSON_NOT_FOUND)
+    g.audit_person_ref = f"p:{person['id']}"
+    return person
+
+
+@bp.post("/get")
+@require_scope("person:read")
+@documented(body=PersonLookupSchema, data=PersonGetData)
+def get_person() -> Response:
+    """A person's record by idNum: fields, number of faces, timestamps."""
+    _, id_num = load_with_id_num(PersonLookupSchema(), json_body())
     with transaction() as conn:
-        person = repo.find_person(conn, get_settings(), id_num)
-    # A client that may not read persons must not learn whether an idNum is enrolled: for it an
-    # unknown idNum runs the same job and answers exactly as a face that does not match
-    # (isMatch "false", no score); clients with person:read get 5001.
-    conceal = not _may_read_persons(g.client)
-    if person is None and not conceal:
-        raise FaceLibError(E.PERSON_NOT_FOUND, data={"isMatch": "false"})
-    if person is not None:
-        g.audit_person_ref = f"p:{person['id']}"
-    meta = {
-        "personId": person["id"] if person is not None else None,
-        "concealAbsence": conceal,
-        **decision_floor(g.client, params["threshold"]),
-    }
-    return _run(params, body, meta, functools.partial(_submit_job, "verify"))
+        person = _lookup(conn, id_num)
+        data = {"idNum": repo.decrypt_id_num(get_settings(), person), **_person_data(person)}
+    return respond(data)
 
 
-def _may_read_persons(client: dict[str, Any]) -> bool:
-    return bool({"person:read", "admin"} & set(client["scopes"]))
+@bp.post("/update")
+@require_scope("person:write")
+@documented(body=PersonUpdateSchema, data=PersonData)
+def update_person() -> Response:
+    """Change name, personType and/or customerID of a person ("" clears customerID)."""
+    params, id_num = load_with_id_num(PersonUpdateSchema(), json_body())
+    name = params["name"].strip() if params["name"] is not None else None
+    if name == "":
+        raise FaceLibError(E.PARAM_INVALID, detail="name: empty", data={"field": "name"})
+    if name is None and params["personType"] is None and params["customerID"] is None:
+        raise FaceLibError(
+            E.PARAM_MISSING,
+            detail="one of name, personType, customerID",
+            data={"field": "name"},
+        )
+    settings = get_settings()
+    with transaction() as conn:
+        person = _lookup(conn, id_num)
+        persons.update_person(
+            conn,
+            person["id"],
+            name=name,
+            person_type=params["personType"],
+            customer_id=params["customerID"],
+        )
+        person = persons.find_person_summary(conn, settings, id_num)
+    assert person is not None
+    return respond(_person_data(person))
 
 
-def decision_floor(client: dict[str, Any], threshold: float | None) -> dict[str, float]:
-    """The match rule of a request: its `threshold` may only tighten the client's floor
-    (api_clients.match_floor, default FACELIB_MATCH_THRESHOLD); below the floor no answer
-    names a person, whatever the request sends (the worker applies the floor again)."""
-    floor = client.get("match_floor")
-    floor = get_settings().match_threshold if floor is None else float(floor)
-    meta: dict[str, float] = {"floor": floor}
-    if threshold is not None:
-        meta["threshold"] = max(float(threshold), floor)
-    return meta
+@bp.post("/delete")
+@require_scope("person:write")
+@documented(body=PersonLookupSchema, data=PersonDeleteData)
+def delete_person() -> Response:
+    """Erase a person: record, faces, stored images, and every link to them (see shared/persons)."""
+    _, id_num = load_with_id_num(PersonLookupSchema(), json_body())
+    # the audit row of an erasure does not point at the person it erased: it records who and when
+    settings = get_settings()
+    with transaction() as conn:
+        person = persons.find_person_summary(conn, settings, id_num)
+        erased = persons.erase_person(conn, settings, person["id"]) if person else None
+    if erased is None:
+        raise FaceLibError(E.PERSON_NOT_FOUND)
+    return respond({"deleted": "true", "faces": erased["faces"], "images": erased["files"]})
+
+
+@bp.post("/list")
+@require_scope("person:read")
+@documented(body=PersonListSchema, data=PersonListData)
+def list_persons() -> Response:
+    """Persons page by page, filtered by personType, customerID, name prefix, creation range."""
+    params = load(PersonListSchema(), json_body())
+    with transaction() as conn:
+        rows, total = persons.list_persons(
+            conn,
+            person_type=params["personType"],
+            customer_id=params["customerID"],
+            name_prefix=params["namePrefix"],
+            created_from=params["createdFrom"],
+            created_to=params["createdTo"],
+            page=params["page"],
+            page_size=params["pageSize"],
+        )
+    return respond(
+        {
+            "total": total,
+            "page": params["page"],
+            "pageSize": params["pageSize"],
+            "persons": [_person_data(r) for r in rows],
+        }
+    )
+
+
+@bp.post("/faces")
+@require_scope("person:read")
+@documented(body=PersonLookupSchema, data=FacesData)
+def list_faces() -> Response:
+    """The faces of a person (ids, boxes, quality, model; never the embeddings)."""
+    _, id_num = load_with_id_num(PersonLookupSchema(), json_body())
+    with transaction() as conn:
+        person = _lookup(conn, id_num)
+        faces = persons.list_faces(conn, person["id"])
+    return respond({"personId": person["id"], "faces": [_face_data(f) for f in faces]})
+
+
+@bp.post("/face/delete")
+@require_scope("person:write")
+@documented(body=FaceDeleteSchema, data=FaceDeleteData)
+def delete_face() -> Response:
+    """Delete one face (and its stored image); the person stays, even with no face left."""
+    params = load(FaceDeleteSchema(), json_body())
+    with transaction() as conn:
+        face = persons.delete_face(conn, params["faceId"])
+        if face is None:
+            raise FaceLibError(E.PERSON_NOT_FOUND, errmsg="face not found")
+        left = repo.count_faces(conn, face["person_id"])
+    g.audit_person_ref = f"p:{face['person_id']}"
+    return respond(
+        {"faceId": face["id"], "personId": face["person_id"], "deleted": "true", "facesLeft": left}
+    )

@@ -293,26 +293,43 @@ def validated_id_num(value: str) -> str:
     return id_num
 
 
+def load_with_id_num(schema: Schema, body: Any) -> tuple[dict[str, Any], str]:
+    """A request's parameters (`load`) and its checked, normalised idNum (2003 if invalid)."""
+    params = load(schema, body)
+    return params, validated_id_num(params["idNum"])
+
+
+def base64_text(data: str) -> str:
+    """Base64 image text as clients send it, without an optional `data:image/...;base64,`
+    prefix and without line breaks (MIME-style base64)."""
+    return "".join(_DATA_URL.sub("", data.strip(), count=1).split())
+
+
+def decode_base64(text: str, field: str, *, urlsafe: bool = False) -> bytes:
+    """The bytes of base64 text (`base64_text`); 3002 naming `field` if it is not base64.
+    `urlsafe`: the URL-safe alphabet, padding optional, is accepted too."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        if urlsafe and re.fullmatch(r"[A-Za-z0-9_-]+=*", text):
+            try:
+                return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            except (binascii.Error, ValueError):
+                pass
+        raise FaceLibError(E.IMAGE_BASE64_INVALID, data={"field": field}) from None
+
+
 def decode_self_image(data: str, max_base64_bytes: int) -> bytes:
     """Check and decode base64 image data. The 400 KB limit counts the base64 text (as the seed
     says: "base64内容需在400k以内"), after an optional `data:image/...;base64,` prefix."""
-    text = _DATA_URL.sub("", data.strip(), count=1)
-    text = "".join(text.split())  # tolerate line breaks (MIME-style base64)
+    text = base64_text(data)
     if len(text) > max_base64_bytes:
         raise FaceLibError(
             E.IMAGE_TOO_LARGE,
             detail=f"{len(text)} bytes of base64, limit {max_base64_bytes}",
             data={"field": "faceImage.data"},
         )
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        try:
-            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-            if not re.fullmatch(r"[A-Za-z0-9_-]+=*", text):
-                raise ValueError("not base64")
-        except (binascii.Error, ValueError):
-            raise FaceLibError(E.IMAGE_BASE64_INVALID, data={"field": "faceImage.data"}) from None
+    raw = decode_base64(text, "faceImage.data", urlsafe=True)
     if len(raw) < 16:
         raise FaceLibError(E.IMAGE_UNDECODABLE, detail="image data too short")
     return raw

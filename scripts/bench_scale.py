@@ -19,7 +19,7 @@ settings (ef_search growing with the library), and recognition through
 A filtered search (a library holding 10% of the persons, beyond FACELIB_EXACT_SEARCH_MAX, so
 through the iterative index scan) is measured against brute force within that library.
 
-It uses its own embedded PostgreSQL in a temporary directory (sized by shared/embedded.py as
+It uses its own embedded PostgreSQL in a temporary directory (sized by shared/cli/embedded.py as
 `facelib up` does), or DATABASE_URL when set (a new database is created there and dropped).
 Prints one Markdown table; with --sweep, one line per ef_search as well.
 """
@@ -135,7 +135,7 @@ def database(tmp: Path) -> tuple[str, object]:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
         return psycopg.conninfo.make_conninfo(external, dbname=name), drop
-    from shared.embedded import EmbeddedPostgres
+    from shared.cli.embedded import EmbeddedPostgres
 
     pg = EmbeddedPostgres(tmp / "pg")
     return pg.start(), pg.stop

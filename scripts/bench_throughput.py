@@ -137,7 +137,7 @@ def main() -> None:
     ap.add_argument("--backends", default="dlib,onnx")
     ap.add_argument("--workers", default="1,2")
     args = ap.parse_args()
-    from shared.embedded import EmbeddedPostgres, EmbeddedRedis
+    from shared.cli.embedded import EmbeddedPostgres, EmbeddedRedis
     from shared.migrate import apply_migrations
 
     tmp = Path(tempfile.mkdtemp(prefix="facelib-bench-"))

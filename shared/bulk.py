@@ -444,7 +444,7 @@ def use_local_stack(home: Path) -> None:
     if not os.environ.get("DATABASE_URL"):
         if not (home / "pg" / "postmaster.pid").exists():
             raise ValueError(f"no DATABASE_URL and no running `facelib up` in {home}")
-        from shared.embedded import EmbeddedPostgres
+        from shared.cli.embedded import EmbeddedPostgres
 
         os.environ["DATABASE_URL"] = EmbeddedPostgres(home / "pg").start()  # finds it running
     if not os.environ.get("REDIS_URL"):

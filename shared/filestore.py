@@ -24,7 +24,6 @@ import os
 import re
 import tempfile
 import threading
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,11 +40,10 @@ from PIL import (
 from shared.db import transaction
 from shared.errors import E, FaceLibError
 from shared.imaging import (
-    DECODE_ERRORS,
     DEFAULT_MAX_DECODE_BYTES,
     check_decode_cost,
     configure_decodes,
-    decode_slot,
+    decoding,
     draft_within_budget,
     exif_upright,
     open_checked,
@@ -271,21 +269,14 @@ def prepare_upload(
         # Lanczos resize still sets the quality (coarser only if the budget demands it)
         draft_within_budget(im, max_decode_bytes, (max_side, max_side))
         check_decode_cost(im, max_decode_bytes)
-        try:
-            with decode_slot():
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                    im.load()
-                upright, _ = exif_upright(im)
-                rgb = to_rgb(upright)
-                if max(rgb.size) > max_side:
-                    rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-                out = io.BytesIO()
-                rgb.save(out, "JPEG", quality=quality, optimize=True)  # no EXIF, no ICC
-        except Image.DecompressionBombError as exc:
-            raise FaceLibError(E.IMAGE_TOO_MANY_PIXELS, detail="over the decoder's limit") from exc
-        except DECODE_ERRORS as exc:
-            raise FaceLibError(E.IMAGE_UNDECODABLE, detail="truncated or corrupt") from exc
+        with decoding():
+            im.load()
+            upright, _ = exif_upright(im)
+            rgb = to_rgb(upright)
+            if max(rgb.size) > max_side:
+                rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+            out = io.BytesIO()
+            rgb.save(out, "JPEG", quality=quality, optimize=True)  # no EXIF, no ICC
     data = out.getvalue()
     return PreparedImage(
         data=data,

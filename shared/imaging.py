@@ -154,6 +154,22 @@ def decode_slot() -> Iterator[None]:
         slots.semaphore.release()
 
 
+@contextmanager
+def decoding() -> Iterator[None]:
+    """Around a decode (`im.load()` and what is done with its pixels): one of the process's
+    decode slots held (`decode_slot`), and Pillow's errors as errcodes: IMAGE_TOO_MANY_PIXELS
+    past the decoder's own limit, IMAGE_UNDECODABLE for truncated or corrupt data."""
+    try:
+        with decode_slot(), warnings.catch_warnings():
+            # the pixel count was checked against our own (lower) limit when the image was opened
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    except Image.DecompressionBombError as exc:
+        raise FaceLibError(E.IMAGE_TOO_MANY_PIXELS, detail="over the decoder's limit") from exc
+    except DECODE_ERRORS as exc:
+        raise FaceLibError(E.IMAGE_UNDECODABLE, detail="truncated or corrupt") from exc
+
+
 def open_checked(data: bytes, *, max_pixels: int, min_side: int) -> Image.Image:
     """Open (not decode) an image and check its header: format, pixel count, smallest side.
 

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+from shared.settings import child_env
+
 # Real face crops (aligned 112x112, from the MIT-licensed photos of tests/fixtures/faces) and the
 # reference interpreter's embeddings of them: the install's check when ai-edge-litert, a
 # development dependency, is not installed. Written by scripts/mfn_reference.py.
@@ -117,8 +118,10 @@ class InstalledModel:
 
 
 def models_home(home: str | os.PathLike[str] | None = None) -> Path:
-    """Where models are cached: `<FACELIB_HOME>/models` (FACELIB_HOME: `./var` by default)."""
-    base = Path(home) if home is not None else Path(os.environ.get("FACELIB_HOME") or ROOT / "var")
+    """Where models are cached: `<FACELIB_HOME>/models` (shared.settings.facelib_home)."""
+    from shared.settings import facelib_home
+
+    base = Path(home) if home is not None else facelib_home()
     return base.resolve() / "models"
 
 
@@ -169,12 +172,13 @@ def npm_pack(
         "--pack-destination",
         str(workdir),
     ]
-    env = dict(os.environ)
     # A cache of our own: no state shared with the operator's npm, and removed with workdir.
-    env["npm_config_cache"] = str(workdir / "npm-cache")
-    env["npm_config_update_notifier"] = "false"
-    env["npm_config_fund"] = "false"
-    env["npm_config_audit"] = "false"
+    env = child_env(
+        npm_config_cache=str(workdir / "npm-cache"),
+        npm_config_update_notifier="false",
+        npm_config_fund="false",
+        npm_config_audit="false",
+    )
     try:
         proc = subprocess.run(
             cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout, check=False

@@ -96,6 +96,29 @@ def _failed(reason: str, *, transient: bool = True) -> FaceLibError:
     return FaceLibError(E.IMAGE_FETCH_FAILED if transient else _FETCH_FAILED_FINAL, detail=reason)
 
 
+_ALLOW_HOST = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
+
+
+def parse_allowlist(
+    entries: tuple[str, ...] | list[str],
+) -> tuple[frozenset[str], tuple[IPNetwork, ...]]:
+    """FACELIB_FETCH_ALLOWLIST entries (host names, IP addresses, CIDRs; case and a trailing dot
+    ignored) as (host names, networks); ValueError naming an entry that is none of them."""
+    hosts: set[str] = set()
+    nets: list[IPNetwork] = []
+    for raw in entries:
+        entry = raw.strip().lower().rstrip(".")
+        if not entry:
+            continue
+        try:
+            nets.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
+        except ValueError:
+            if not _ALLOW_HOST.fullmatch(entry):
+                raise ValueError(f"{raw.strip()!r} is not a host name, IP or CIDR") from None
+            hosts.add(entry)
+    return frozenset(hosts), tuple(nets)
+
+
 @dataclass(frozen=True)
 class FetchPolicy:
     allow_hosts: frozenset[str] = frozenset()
@@ -110,17 +133,8 @@ class FetchPolicy:
 
     @classmethod
     def from_allowlist(cls, entries: tuple[str, ...] | list[str], **kw: object) -> FetchPolicy:
-        hosts: set[str] = set()
-        nets: list[IPNetwork] = []
-        for raw in entries:
-            entry = raw.strip().lower().rstrip(".")
-            if not entry:
-                continue
-            try:
-                nets.append(ipaddress.ip_network(entry.strip("[]"), strict=False))
-            except ValueError:
-                hosts.add(entry)
-        return cls(allow_hosts=frozenset(hosts), allow_networks=tuple(nets), **kw)  # type: ignore[arg-type]
+        hosts, nets = parse_allowlist(entries)
+        return cls(allow_hosts=hosts, allow_networks=nets, **kw)  # type: ignore[arg-type]
 
     @classmethod
     def from_settings(cls, settings: object) -> FetchPolicy:

@@ -65,12 +65,17 @@ def far_from_distance(distance: float, model: str | None = None) -> float:
     return 1e-6 * 10.0 ** (-decades)
 
 
-def false_match_rate(distance: float, gallery_faces: int, model: str | None = None) -> float:
-    """Chance that a stranger comes at least this close to some face of a gallery of N."""
-    far = far_from_distance(distance, model)
+def _gallery_rate(far: float, gallery_faces: int) -> float:
+    """Chance that at least one of `gallery_faces` comparisons, each a false accept with
+    probability `far`, is one: 1 - (1 - far)^N, computed stably for tiny far."""
     if gallery_faces <= 0:
         return 0.0
     return -math.expm1(gallery_faces * math.log1p(-far)) if far < 1 else 1.0
+
+
+def false_match_rate(distance: float, gallery_faces: int, model: str | None = None) -> float:
+    """Chance that a stranger comes at least this close to some face of a gallery of N."""
+    return _gallery_rate(far_from_distance(distance, model), gallery_faces)
 
 
 def far_from_score(score: float) -> float:
@@ -80,11 +85,7 @@ def far_from_score(score: float) -> float:
 
 def gallery_false_match_rate(score: float, gallery_faces: int) -> float:
     """Chance that a stranger scores at least `score` against some face of a gallery of N."""
-    far = far_from_score(score)
-    if gallery_faces <= 0:
-        return 0.0
-    # 1 - (1 - far)^N, computed stably for tiny far
-    return -math.expm1(gallery_faces * math.log1p(-far)) if far < 1 else 1.0
+    return _gallery_rate(far_from_score(score), gallery_faces)
 
 
 def format_score(score: float) -> str:

@@ -1,18 +1,30 @@
-"""Settings, read once from the environment.
+"""Settings, read once from the environment: the only module that reads it.
 
 One `Settings` object per process (`get_settings()`); nothing opens a connection at import time.
 Every variable is documented in `.env.example` and in README.md's settings table. A required
 setting that is missing stops the process at start with a message naming the variable.
+
+A few settings are needed before `Settings` can be read, because `facelib` first starts the
+embedded servers that DATABASE_URL and REDIS_URL then name: `facelib_home()`, `redis_port()` and
+`pg_memory_mb()` read those, and `load_settings()` reads them through the same functions. The
+only other code that touches the environment is the CLI's process wiring (shared/cli/wiring.py:
+what `facelib` sets for itself and its child processes), and `child_env()` below.
+
+FACELIB_HOME (default `./var`) is resolved against the working directory, once, to an absolute
+path; `facelib up` passes that absolute path on to the processes it starts.
 """
 
 from __future__ import annotations
 
 import base64
-import ipaddress
 import os
-import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class SettingsError(RuntimeError):
@@ -24,24 +36,22 @@ def _env(name: str, default: str | None = None) -> str | None:
     return value if value not in (None, "") else default
 
 
-def _int(name: str, default: int) -> int:
+def _parsed(name: str, default: T, parse: Callable[[str], T], what: str) -> T:
     raw = _env(name)
     if raw is None:
         return default
     try:
-        return int(raw)
+        return parse(raw)
     except ValueError as exc:
-        raise SettingsError(f"{name} must be an integer, got {raw!r}") from exc
+        raise SettingsError(f"{name} must be {what}, got {raw!r}") from exc
+
+
+def _int(name: str, default: int) -> int:
+    return _parsed(name, default, int, "an integer")
 
 
 def _float(name: str, default: float) -> float:
-    raw = _env(name)
-    if raw is None:
-        return default
-    try:
-        return float(raw)
-    except ValueError as exc:
-        raise SettingsError(f"{name} must be a number, got {raw!r}") from exc
+    return _parsed(name, default, float, "a number")
 
 
 def _bool(name: str, default: bool) -> bool:
@@ -72,6 +82,35 @@ def _key(name: str) -> bytes:
     if len(key) != 32:
         raise SettingsError(f"{name} must decode to 32 bytes, got {len(key)}")
     return key
+
+
+# --- read before Settings can be: `facelib` starts the servers DATABASE_URL / REDIS_URL name ---
+
+
+def facelib_home() -> Path:
+    """FACELIB_HOME: embedded servers' data, dev keys, installed models, local files. Default
+    `./var`; a relative path is taken from the working directory; the result is absolute."""
+    return Path(_env("FACELIB_HOME", "./var") or "./var").resolve()
+
+
+def redis_port() -> int:
+    """FACELIB_REDIS_PORT: the port of the embedded Redis (`facelib up`, `facelib bulk`)."""
+    return _int("FACELIB_REDIS_PORT", 6390)
+
+
+def pg_memory_mb() -> int:
+    """FACELIB_PG_MEMORY_MB: the embedded PostgreSQL's memory budget; 0: a quarter of the RAM."""
+    return _int("FACELIB_PG_MEMORY_MB", 0)
+
+
+def match_model_name() -> str:
+    """FACELIB_MATCH_MODEL: the model that decides recong, verify and the duplicate check."""
+    return _choice("FACELIB_MATCH_MODEL", "dlib", ("dlib", "mobilefacenet"))
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a child process: this process's, with `extra` on top."""
+    return {**os.environ, **extra}
 
 
 # Callback retry schedule (seconds after the previous attempt): about 3 days in all.
@@ -133,6 +172,13 @@ class Settings:
     metrics_token: str | None = field(default=None, repr=False)
     metrics_cache_seconds: float = 15.0
     log_level: str = "INFO"
+    # Where gunicorn's workers aggregate their metrics (unset: one process, its own registry).
+    prometheus_multiproc_dir: str | None = None
+    # The `facelib` command and its embedded servers (`facelib_home()` and the functions below it).
+    home: Path = field(default_factory=lambda: Path("var").resolve())
+    redis_port: int = 6390
+    pg_memory_mb: int = 0
+    worker_concurrency: int = 2  # processes of the face-jobs worker pool (`facelib up`)
     # File server (origin fds): where uploads live and how they are "compressed".
     files_dir: str = "./var/files"
     file_store: str = "local"  # local | s3
@@ -253,22 +299,14 @@ def _schedule(raw: str) -> tuple[int, ...]:
 
 def _allowlist(raw: str) -> tuple[str, ...]:
     """FACELIB_FETCH_ALLOWLIST: comma-separated host names, IP addresses or CIDRs."""
-    entries = []
-    for item in raw.split(","):
-        entry = item.strip().lower().rstrip(".")
-        if not entry:
-            continue
-        try:
-            ipaddress.ip_network(entry.strip("[]"), strict=False)
-        except ValueError:
-            if not re.fullmatch(
-                r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*", entry
-            ):
-                raise SettingsError(
-                    f"FACELIB_FETCH_ALLOWLIST: {item.strip()!r} is not a host name, IP or CIDR"
-                ) from None
-        entries.append(entry)
-    return tuple(entries)
+    from shared.safe_fetch import parse_allowlist
+
+    entries = tuple(n for n in (e.strip().lower().rstrip(".") for e in raw.split(",")) if n)
+    try:
+        parse_allowlist(entries)
+    except ValueError as exc:
+        raise SettingsError(f"FACELIB_FETCH_ALLOWLIST: {exc}") from None
+    return entries
 
 
 def _callback_allowlist(raw: str) -> tuple[str, ...]:
@@ -289,13 +327,6 @@ def _positive(name: str, value: int) -> int:
     return value
 
 
-def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = (_env(name, default) or default).strip().lower()
-    if value not in choices:
-        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-    return value
-
-
 def load_settings() -> Settings:
     """Read every setting from the environment; raise SettingsError naming what is wrong."""
     database_url = _env("DATABASE_URL")
@@ -311,11 +342,12 @@ def load_settings() -> Settings:
             "`facelib up` sets it for the embedded Redis"
         )
     models = _models()
-    match_model = _choice("FACELIB_MATCH_MODEL", "dlib", ("dlib", "mobilefacenet"))
+    match_model = match_model_name()
     if match_model != "dlib" and match_model not in models:
         models = (*models, match_model)  # the deciding model is always computed
     encryption_key = _key("FACELIB_ENCRYPTION_KEY")
     encryption_key_id = _env("FACELIB_ENCRYPTION_KEY_ID", "k1") or "k1"
+    home = facelib_home()
     return Settings(
         database_url=database_url,
         redis_url=redis_url,
@@ -366,8 +398,12 @@ def load_settings() -> Settings:
         metrics_token=_env("FACELIB_METRICS_TOKEN"),
         metrics_cache_seconds=_float("FACELIB_METRICS_CACHE_SECONDS", 15.0),
         log_level=_env("FACELIB_LOG_LEVEL", "INFO") or "INFO",
-        files_dir=_env("FACELIB_FILES_DIR")
-        or os.path.join(_env("FACELIB_HOME", "./var") or "./var", "files"),
+        prometheus_multiproc_dir=_env("PROMETHEUS_MULTIPROC_DIR"),
+        home=home,
+        redis_port=redis_port(),
+        pg_memory_mb=pg_memory_mb(),
+        worker_concurrency=_int("FACELIB_WORKER_CONCURRENCY", 2),
+        files_dir=_env("FACELIB_FILES_DIR") or str(home / "files"),
         file_store=_choice("FACELIB_FILE_STORE", "local", ("local", "s3")),
         s3_endpoint_url=_env("FACELIB_S3_ENDPOINT_URL"),
         s3_bucket=_env("FACELIB_S3_BUCKET", "facelib-files") or "facelib-files",

@@ -157,7 +157,7 @@ class Stack:
     def extra_api(self, **env_overrides: str) -> Iterator[str]:
         """A second API process with other settings (same database and broker); yields its URL."""
         from shared.cli import api_command
-        from shared.embedded import free_port
+        from shared.cli.embedded import free_port
 
         port = free_port()
         env = {**self.env, **env_overrides, "FACELIB_PORT": str(port)}
@@ -252,7 +252,7 @@ def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, wait: float = 20) -
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    from shared.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+    from shared.cli.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 
     base = tmp_path_factory.mktemp("stack")
     log_dir = base / "logs"

@@ -219,7 +219,7 @@ FACE = small_jpeg_b64("obama_2.jpg", max_side=400)
 @pytest.fixture(scope="session")
 def fstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
     from shared.cli import beat_command
-    from shared.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+    from shared.cli.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 
     base = tmp_path_factory.mktemp("faults")
     log_dir = base / "logs"

@@ -210,7 +210,7 @@ class _Hook(BaseHTTPRequestHandler):
 
 
 def test_callback_receiver_down_then_up(fstack: FaultStack) -> None:
-    from shared.embedded import free_port
+    from shared.cli.embedded import free_port
 
     port = free_port()
     url = f"http://127.0.0.1:{port}/hook"
@@ -261,7 +261,7 @@ def test_sync_call_with_no_worker(fstack: FaultStack) -> None:
 
 
 def _up_env(home: Path) -> dict[str, str]:
-    from shared.embedded import free_port
+    from shared.cli.embedded import free_port
 
     env = {
         k: v
@@ -347,7 +347,7 @@ def test_worker_main_sigkill_under_facelib_up(tmp_path: Path) -> None:
         back = time.monotonic() - t_kill
         new_worker = [c for c in psutil.Process(up.pid).children() if _is_faces_worker(c)]
         assert [w.pid for w in new_worker] != [worker.pid] and len(new_worker) == 1
-        from shared.embedded import EmbeddedPostgres
+        from shared.cli.embedded import EmbeddedPostgres
         from tests.faults.conftest import ROWS
 
         pg_url = EmbeddedPostgres(Path(env["FACELIB_HOME"]) / "pg").start()  # the running one

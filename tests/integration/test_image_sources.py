@@ -133,7 +133,7 @@ def filer(stack: Stack) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def intranet(stack: Stack) -> Iterator[Stack]:
     """A second API and worker whose fetch policy allowlists 127.0.0.1 (and only it)."""
-    from shared.embedded import free_port
+    from shared.cli.embedded import free_port
 
     redis_url = re.sub(r"/\d*$", "", stack.redis_url.rstrip("/")) + "/7"
     port = free_port()

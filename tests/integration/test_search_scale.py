@@ -368,7 +368,7 @@ def test_reindex_rebuilds_the_search_index(stack: Stack, monkeypatch: pytest.Mon
 
 @pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="an external PostgreSQL")
 def test_embedded_postgres_is_sized_for_the_machine(tmp_path) -> None:
-    from shared.embedded import EmbeddedPostgres, _normal, tuned_settings
+    from shared.cli.embedded import EmbeddedPostgres, _normal, tuned_settings
 
     pg = EmbeddedPostgres(tmp_path / "pg")
     try:
@@ -391,7 +391,7 @@ def test_embedded_postgres_is_sized_for_the_machine(tmp_path) -> None:
 
 
 def test_tuned_settings_follow_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    from shared.embedded import tuned_settings
+    from shared.cli.embedded import tuned_settings
 
     monkeypatch.delenv("FACELIB_PG_MEMORY_MB", raising=False)
     t = tuned_settings(memory_bytes=32 * 1024**3, cpus=8)

@@ -272,7 +272,7 @@ def test_unparseable_client_limit_is_refused_at_creation_and_defaulted_in_the_db
 
 
 def test_redis_down_refuses_instead_of_lifting_limits(stack: Stack) -> None:
-    from shared.embedded import free_port
+    from shared.cli.embedded import free_port
 
     c = stack.client(scopes=["person:read"])
     with stack.extra_api(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0") as url:

@@ -10,19 +10,15 @@ decode; the engine asks for a finer scale again when a face would lose resolutio
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
-from shared.errors import E, FaceLibError
 from shared.imaging import (
     ALLOWED_FORMATS,
-    DECODE_ERRORS,
     DEFAULT_MAX_DECODE_BYTES,
     check_decode_cost,
-    decode_slot,
+    decoding,
     draft_within_budget,
     exif_upright,
     open_checked,
@@ -97,16 +93,10 @@ def decode_image(
         # the coarsest DCT scale whose result still covers `size`, or coarser within budget
         draft_within_budget(im, max_decode_bytes, size)
         check_decode_cost(im, max_decode_bytes)
-        try:
-            with decode_slot(), warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                im.load()
-                upright, turned = exif_upright(im)
-                rgb = np.ascontiguousarray(np.asarray(to_rgb(upright)))
-        except Image.DecompressionBombError as exc:
-            raise FaceLibError(E.IMAGE_TOO_MANY_PIXELS, detail="over the decoder's limit") from exc
-        except DECODE_ERRORS as exc:
-            raise FaceLibError(E.IMAGE_UNDECODABLE, detail="truncated or corrupt") from exc
+        with decoding():
+            im.load()
+            upright, turned = exif_upright(im)
+            rgb = np.ascontiguousarray(np.asarray(to_rgb(upright)))
 
     # The full-resolution upright size: the header size, turned like the pixels were.
     width, height = (h, w) if turned else (w, h)

@@ -162,10 +162,10 @@ def tuned_settings(memory_bytes: int | None = None, cpus: int | None = None) -> 
     parallel build worker per spare core. max_wal_size large enough that a bulk load of a
     million faces is not cut into forced checkpoints.
     """
-    from shared.settings import _int  # the embedded server starts before Settings can be read
+    from shared.settings import pg_memory_mb  # the server starts before Settings can be read
 
     total = memory_bytes or machine_memory_bytes()
-    budget = _int("FACELIB_PG_MEMORY_MB", 0) * 1024 * 1024 or total // 4
+    budget = pg_memory_mb() * 1024 * 1024 or total // 4
     budget = max(budget, 256 * 1024 * 1024)
     cores = cpus or os.cpu_count() or 1
     return {
