@@ -3,6 +3,10 @@
 Views put what they know in `g`: `g.client` (auth), `g.audit_person_ref` (p:<id> or
 b:<blind index hex>), `g.audit_task_id`. The row is written after the response is built, in
 its own transaction; a failure to write it is logged and does not change the response.
+An async job submission is the exception: its row (errcode 0, the taskId, HTTP 202, or 200 for
+an idempotent repeat) is written by `job_row` inside the job's accepting transaction, so the
+job, its inputs and its audit row are one durable commit (and an accepted job always has its
+row); the view sets `g.audit_written` once that commit succeeded and no second row is written.
 Unauthenticated requests write one row per source IP and minute, not one each.
 """
 
@@ -10,9 +14,11 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from flask import Flask, Response, g, request
 
+from shared import repo
 from shared.db import transaction
 from shared.queue import get_redis
 
@@ -50,6 +56,30 @@ def _forget_unenrolled_hourly() -> None:
         log.error("audit blind-index purge failed: %s", type(exc).__name__)
 
 
+def _row(errcode: int, http_status: int, task_id: str | None) -> dict[str, Any]:
+    client = g.get("client")
+    started = g.get("audit_started", time.monotonic())
+    return {
+        "client_id": client["id"] if client else None,
+        "method": request.method,
+        "endpoint": request.url_rule.rule if request.url_rule else request.path[:200],
+        "person_ref": g.get("audit_person_ref"),
+        "errcode": errcode,
+        "http_status": http_status,
+        "task_id": task_id,
+        "source_ip": request.remote_addr,
+        "request_id": g.get("request_id"),
+        "duration_ms": int((time.monotonic() - started) * 1000),
+    }
+
+
+def job_row(job: dict[str, Any], created: bool) -> dict[str, Any]:
+    """The audit row of an async submission, written in the job's accepting transaction: the
+    answer is already decided (errcode 0, 202 for a new job, 200 for an idempotent repeat).
+    duration_ms is the time to acceptance."""
+    return _row(0, 202 if created else 200, str(job["id"]))
+
+
 def init_app(app: Flask) -> None:
     @app.before_request
     def _start() -> None:
@@ -59,31 +89,17 @@ def init_app(app: Flask) -> None:
     def _write(resp: Response) -> Response:
         if not request.path.startswith("/tech/"):
             return resp
-        errcode = int(resp.headers.get("X-Errcode", "9000"))
-        client = g.get("client")
-        if client is None and not _first_unauthenticated_of_minute():
+        if g.get("client") is None and not _first_unauthenticated_of_minute():
             return resp
         _forget_unenrolled_hourly()
-        rule = request.url_rule.rule if request.url_rule else request.path[:200]
+        if g.get("audit_written"):  # committed with the job it accepted (job_row)
+            return resp
+        errcode = int(resp.headers.get("X-Errcode", "9000"))
+        task_id = resp.headers.get("X-Task-Id") or g.get("audit_task_id")
+        row = _row(errcode, resp.status_code, task_id)
         try:
             with transaction() as conn:
-                conn.execute(
-                    "INSERT INTO audit_log (client_id, method, endpoint, person_ref, errcode,"
-                    " http_status, task_id, source_ip, request_id, duration_ms)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    (
-                        client["id"] if client else None,
-                        request.method,
-                        rule,
-                        g.get("audit_person_ref"),
-                        errcode,
-                        resp.status_code,
-                        resp.headers.get("X-Task-Id") or g.get("audit_task_id"),
-                        request.remote_addr,
-                        g.get("request_id"),
-                        int((time.monotonic() - g.get("audit_started", time.monotonic())) * 1000),
-                    ),
-                )
+                repo.add_audit_row(conn, **row)
         except Exception as exc:  # noqa: BLE001 - auditing must not break the answer
             log.error("audit row not written: %s", type(exc).__name__)
         return resp

@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import Blueprint, Response, g
 
+from api import audit
 from api.auth import require_scope
 from api.envelope import respond
 from api.schemas import (
@@ -81,7 +82,11 @@ def _submit_and_answer(
     }
     if params["qualityControl"] is not None:  # absent: today's gates (docs/engine.md)
         meta["qualityControl"] = params["qualityControl"]
+    # async: the audit row commits with the job (api/audit.py); sync: after the answer, which
+    # carries the job's outcome
+    audit_row = audit.job_row if params["async_"] else None
     job, created = submit(
+        audit=audit_row,
         client_id=client["id"],
         request_id=request_id,
         request_hash=request_hash(body),
@@ -91,6 +96,7 @@ def _submit_and_answer(
         image=raw,
         ref=None if origin == "self" else image["data"],
     )
+    g.audit_written = audit_row is not None
     task_id = str(job["id"])
     headers = {"X-Task-Id": task_id}
     if params["async_"]:

@@ -242,7 +242,10 @@ def json_body() -> Any:
     raw = request.get_data(cache=True)
     body = None
     if raw.strip():
-        if json_depth(raw) > MAX_JSON_DEPTH:
+        # no deeper than its opening brackets, strings included: a body with a few of them
+        # (a base64 image has none) is not scanned (json_depth costs ~1 ms on 137 KB)
+        openers = raw.count(b"[") + raw.count(b"{")
+        if openers > MAX_JSON_DEPTH and json_depth(raw) > MAX_JSON_DEPTH:
             raise FaceLibError(
                 E.BODY_NOT_JSON, detail=f"nested deeper than {MAX_JSON_DEPTH} levels"
             )

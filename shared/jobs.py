@@ -16,6 +16,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -59,11 +60,19 @@ def send_job(job_id: str, kind: str, interactive: bool = False) -> bool:
     return True
 
 
-def submit_job(**fields: Any) -> tuple[dict[str, Any], bool]:
-    """Persist a job (idempotent on requestId) in one commit and send it. Returns (job, created)."""
+def submit_job(
+    audit: Callable[[dict[str, Any], bool], dict[str, Any]] | None = None, **fields: Any
+) -> tuple[dict[str, Any], bool]:
+    """Persist a job (idempotent on requestId) in one commit and send it. Returns (job, created).
+
+    `audit(job, created)`, when given, returns the request's audit row, which is written in the
+    same transaction (an async submission: job, inputs and audit row in one durable commit).
+    """
     fields.setdefault("send_timeout_seconds", get_settings().job_send_timeout_seconds)
     with transaction() as conn:
         job, created = repo.create_job(**fields, conn=conn)
+        if audit is not None:
+            repo.add_audit_row(conn, **audit(job, created))
     if created:
         interactive = fields.get("meta", {}).get("async") is False
         send_job(str(job["id"]), job["kind"], interactive)

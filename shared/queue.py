@@ -79,7 +79,11 @@ def make_celery() -> Celery:
         # margin covers a fork on a machine under heavy load (Celery's default is 4 s)
         worker_proc_alive_timeout=30.0,
         worker_send_task_events=True,
-        task_send_sent_event=True,
+        # no "task-sent" event per publish: a second Redis publish (and client) on every
+        # accepted job, 5-10% of the API's CPU per async submission (docs/scaling.md); monitors
+        # such as Flower see a task from its worker's "task-received" on, and the queue depth
+        # is in /metrics
+        task_send_sent_event=False,
     )
     return app
 

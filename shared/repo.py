@@ -215,6 +215,41 @@ def create_job(
     return row, True
 
 
+def add_audit_row(
+    conn: psycopg.Connection,
+    *,
+    client_id: int | None,
+    method: str,
+    endpoint: str,
+    person_ref: str | None,
+    errcode: int,
+    http_status: int,
+    task_id: str | None,
+    source_ip: str | None,
+    request_id: str | None,
+    duration_ms: int,
+) -> None:
+    """One request's audit row (api/audit.py): in its own transaction after the response, or in
+    the accepting transaction of an async job (one durable commit for both)."""
+    conn.execute(
+        "INSERT INTO audit_log (client_id, method, endpoint, person_ref, errcode,"
+        " http_status, task_id, source_ip, request_id, duration_ms)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (
+            client_id,
+            method,
+            endpoint,
+            person_ref,
+            errcode,
+            http_status,
+            task_id,
+            source_ip,
+            request_id,
+            duration_ms,
+        ),
+    )
+
+
 def get_job(
     conn: psycopg.Connection, job_id: uuid.UUID | str, client_id: int | None = None
 ) -> dict[str, Any] | None:

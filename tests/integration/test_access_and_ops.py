@@ -146,6 +146,37 @@ def test_audit_has_one_row_per_request_without_raw_pii(stack: Stack) -> None:
         assert not deleted
 
 
+def test_async_submission_commits_its_audit_row_with_the_job(stack: Stack) -> None:
+    """An async job, its inputs and its audit row are one commit: the row is there as soon as
+    the answer is, and an idempotent repeat (200) and a refused repeat (2005) get one row each."""
+    c = stack.client()
+    body = _recong(face_b64("obama_2.jpg"), requestId="audit-async-1")
+    body["async"] = True
+    r1 = stack.post(RECONG, c["token"], body, headers={"X-Request-Id": "audit-async-a"})
+    r2 = stack.post(RECONG, c["token"], body, headers={"X-Request-Id": "audit-async-b"})
+    other = {**body, "threshold": 90}
+    r3 = stack.post(RECONG, c["token"], other, headers={"X-Request-Id": "audit-async-c"})
+    task = r1.json()["data"]["taskId"]
+    assert (r1.status_code, r2.status_code) == (202, 200)
+    assert r2.json()["data"]["taskId"] == task and r3.json()["errcode"] == 2005
+    time.sleep(0.2)  # the refused repeat's row is written after its answer
+    with stack.db() as conn:
+        rows = conn.execute(
+            "SELECT request_id, errcode, http_status, task_id, client_id, endpoint"
+            " FROM audit_log WHERE request_id LIKE 'audit-async-%' ORDER BY id"
+        ).fetchall()
+        job = conn.execute("SELECT status FROM jobs WHERE id = %s", (task,)).fetchone()
+    assert job is not None
+    assert [(r["request_id"], r["errcode"], r["http_status"]) for r in rows] == [
+        ("audit-async-a", 0, 202),
+        ("audit-async-b", 0, 200),
+        ("audit-async-c", 2005, 409),
+    ]
+    assert [str(r["task_id"]) for r in rows[:2]] == [task, task]
+    assert {r["client_id"] for r in rows} == {c["id"]}
+    assert {r["endpoint"] for r in rows} == {RECONG}
+
+
 def test_metrics_expose_requests_jobs_queue_and_callbacks(stack: Stack) -> None:
     c = stack.client()
     stack.post(RECONG, c["token"], _recong(face_b64("obama_2.jpg")))
