@@ -231,7 +231,7 @@ def main() -> None:
     from psycopg.rows import dict_row
 
     from shared import recognition, repo
-    from shared.migrate import apply_migrations
+    from shared.db.migrate import apply_migrations
     from shared.settings import get_settings
 
     get_settings.cache_clear()

@@ -137,8 +137,8 @@ def main() -> None:
     ap.add_argument("--backends", default="dlib,onnx")
     ap.add_argument("--workers", default="1,2")
     args = ap.parse_args()
+    from shared.db.migrate import apply_migrations
     from shared.embedded import EmbeddedPostgres, EmbeddedRedis
-    from shared.migrate import apply_migrations
 
     tmp = Path(tempfile.mkdtemp(prefix="facelib-bench-"))
     pg, rd = EmbeddedPostgres(tmp / "pg"), EmbeddedRedis(tmp / "redis")

@@ -236,7 +236,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         services = start_backing_services(var)
-        from shared.migrate import apply_migrations
+        from shared.db.migrate import apply_migrations
         from shared.queue import FACE_QUEUES
         from shared.settings import get_settings
 
@@ -323,7 +323,7 @@ def _dev_token(client_name: str) -> str:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from shared.migrate import apply_migrations
+    from shared.db.migrate import apply_migrations
     from shared.settings import get_settings
 
     applied = apply_migrations(get_settings().database_url)

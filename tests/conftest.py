@@ -305,7 +305,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     from shared.settings import get_settings
 
     get_settings.cache_clear()
-    from shared.migrate import apply_migrations
+    from shared.db.migrate import apply_migrations
 
     apply_migrations(database_url)
 

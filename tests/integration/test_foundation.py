@@ -8,7 +8,7 @@ import numpy as np
 import yaml
 from pgvector.psycopg import register_vector
 
-from shared.migrate import apply_migrations
+from shared.db.migrate import apply_migrations
 from tests.conftest import ROOT, Stack
 
 REG = "/tech/ai/face/faceLib/person/reg"
