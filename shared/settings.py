@@ -174,6 +174,9 @@ class Settings:
     models: tuple[str, ...] = ()
     match_model: str = "dlib"
     keep_enrolment_photos: bool = False
+    # connections per process in the database pool (shared/db/pool.py); keep it above the API's
+    # threads per process
+    db_pool_size: int = 10
 
 
 def _models() -> tuple[str, ...]:
@@ -394,6 +397,7 @@ def load_settings() -> Settings:
         search_partition_faces=_int("FACELIB_SEARCH_PARTITION_FACES", 250_000),
         hnsw_m=_int("FACELIB_HNSW_M", 32),
         hnsw_ef_construction=_int("FACELIB_HNSW_EF_CONSTRUCTION", 64),
+        db_pool_size=_int("FACELIB_DB_POOL_SIZE", 10),
     )
 
 
