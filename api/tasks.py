@@ -14,7 +14,7 @@ from api.schemas import (
     documented,
     load,
 )
-from shared import repo
+from shared import db, repo
 from shared.db import transaction
 from shared.errors import E, FaceLibError
 from shared.jobs import job_envelope
@@ -41,7 +41,7 @@ def _delivery_json(row: dict) -> dict:
 def get_task(task_id: str) -> Response:
     """Status of a job; once finished, `result` holds the envelope the sync call would give."""
     with transaction() as conn:
-        job = repo.get_job(conn, task_id, g.client["id"])
+        job = db.jobs.get_job(conn, task_id, g.client["id"])
         result = job_envelope(conn, job) if job and job["status"] in ("done", "failed") else None
         delivery = repo.delivery_for_job(conn, job["id"]) if job else None
     if job is None:

@@ -230,7 +230,7 @@ def main() -> None:
     from pgvector.psycopg import register_vector
     from psycopg.rows import dict_row
 
-    from shared import recognition, repo
+    from shared import db, recognition, repo
     from shared.db.migrate import apply_migrations
     from shared.settings import get_settings
 
@@ -244,7 +244,7 @@ def main() -> None:
             k: conn.execute(f"SHOW {k}").fetchone()[k]
             for k in ("shared_buffers", "effective_cache_size", "maintenance_work_mem")
         }
-        client = repo.create_client(conn, "bench-scale", scopes=["admin"])
+        client = db.clients.create_client(conn, "bench-scale", scopes=["admin"])
         default = repo.library_ids(conn, ["default"])
         branch = [repo.create_library(conn, "bench-branch", "10%", client["id"])["id"]]
 

@@ -37,7 +37,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from shared import crypto, persons, repo
+from shared import crypto, db, persons, repo
 from shared.db import transaction
 from shared.errors import ERRCODES, E, FaceLibError
 from shared.idnum import is_valid_id_num, make_id_num, normalize_id_num
@@ -249,7 +249,7 @@ class BulkEnrolment:
     ) -> None:
         self.settings = get_settings()
         with transaction() as conn:
-            client = repo.get_client_by_name(conn, client_name)
+            client = db.clients.get_client_by_name(conn, client_name)
             if client is None:
                 raise ValueError(f"no client named {client_name!r} (facelib client create NAME)")
             if client["status"] != "active":
@@ -316,11 +316,7 @@ class BulkEnrolment:
             self._fail(row, err.errcode, err.errmsg)
             return True
         with transaction() as conn:
-            previous = conn.execute(
-                "SELECT id, request_id, status, errcode, errmsg FROM jobs"
-                " WHERE client_id = %s AND request_id = ANY(%s)",
-                (self.client["id"], item.request_ids),
-            ).fetchall()
+            previous = db.jobs.jobs_by_request_ids(conn, self.client["id"], item.request_ids)
         if previous:
             last = max(previous, key=lambda j: item.request_ids.index(j["request_id"]))
             run = item.request_ids.index(last["request_id"])
@@ -349,11 +345,7 @@ class BulkEnrolment:
         if not self._pending:
             return 0
         with transaction() as conn:
-            done = conn.execute(
-                "SELECT id, status, errcode, errmsg FROM jobs WHERE id = ANY(%s)"
-                " AND status IN ('done', 'failed')",
-                ([uuid.UUID(j) for j in self._pending],),
-            ).fetchall()
+            done = db.jobs.finished_jobs(conn, [uuid.UUID(j) for j in self._pending])
         settled = 0
         for job in done:
             items, _, _ = self._pending.pop(str(job["id"]))

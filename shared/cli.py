@@ -311,7 +311,7 @@ def _wait_ready(url: str, timeout: float, procs: list[subprocess.Popen]) -> bool
 
 
 def _dev_token(client_name: str) -> str:
-    from shared import repo
+    from shared.db import clients as repo
     from shared.db import transaction
     from shared.settings import get_settings
 
@@ -332,7 +332,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_client_create(args: argparse.Namespace) -> int:
-    from shared import repo
+    from shared.db import clients as repo
     from shared.db import transaction
 
     scopes = [s for s in args.scopes.split(",") if s] if args.scopes else None
@@ -358,7 +358,7 @@ def cmd_client_create(args: argparse.Namespace) -> int:
 
 def _named_client(conn: object, name: str) -> dict | None:
     """The client called `name`, or None after telling the operator there is none."""
-    from shared import repo
+    from shared.db import clients as repo
 
     client = repo.get_client_by_name(conn, name)  # type: ignore[arg-type]
     if client is None:
@@ -367,7 +367,7 @@ def _named_client(conn: object, name: str) -> dict | None:
 
 
 def cmd_client_rotate(args: argparse.Namespace) -> int:
-    from shared import repo
+    from shared.db import clients as repo
     from shared.db import transaction
 
     with transaction() as conn:
@@ -389,7 +389,7 @@ def cmd_client_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_token_issue(args: argparse.Namespace) -> int:
-    from shared import repo
+    from shared.db import clients as repo
     from shared.db import transaction
     from shared.settings import get_settings
 
@@ -404,7 +404,7 @@ def cmd_token_issue(args: argparse.Namespace) -> int:
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
-    from shared import repo
+    from shared.db import clients as repo
     from shared.db import transaction
 
     with transaction() as conn:

@@ -22,7 +22,7 @@ import psycopg
 import redis
 from psycopg_pool import PoolTimeout
 
-from shared import crypto, repo
+from shared import crypto, db
 from shared.db import transaction
 from shared.errors import E, FaceLibError
 from shared.queue import (
@@ -63,7 +63,7 @@ def submit_job(**fields: Any) -> tuple[dict[str, Any], bool]:
     """Persist a job (idempotent on requestId) in one commit and send it. Returns (job, created)."""
     fields.setdefault("send_timeout_seconds", get_settings().job_send_timeout_seconds)
     with transaction() as conn:
-        job, created = repo.create_job(**fields, conn=conn)
+        job, created = db.jobs.create_job(**fields, conn=conn)
     if created:
         interactive = fields.get("meta", {}).get("async") is False
         send_job(str(job["id"]), job["kind"], interactive)
@@ -139,7 +139,7 @@ def wait_for_job(job_id: str, client_id: int, timeout: float) -> dict[str, Any]:
         while True:
             try:
                 with transaction() as conn:
-                    job = repo.get_job(conn, job_id, client_id)
+                    job = db.jobs.get_job(conn, job_id, client_id)
             except (psycopg.Error, PoolTimeout) as exc:
                 log.warning(
                     "job %s: database unavailable while waiting (%s)", job_id, type(exc).__name__

@@ -20,7 +20,7 @@ import psycopg
 import redis
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 
-from shared import crypto, repo
+from shared import crypto, db, repo
 from shared.callbacks import CallbackPolicy, post_callback
 from shared.db import transaction
 from shared.errors import E, FaceLibError
@@ -200,7 +200,7 @@ def _flush_pending_releases() -> None:
     for job_id, resend_after in list(_pending_releases.items()):
         try:
             with transaction() as conn:
-                repo.release_job(conn, job_id, resend_after)
+                db.jobs.release_job(conn, job_id, resend_after)
         except TRANSIENT:
             return
         del _pending_releases[job_id]
@@ -209,7 +209,7 @@ def _flush_pending_releases() -> None:
 
 def _fail(job: dict[str, Any], kind: str, err: FaceLibError, errmsg: str | None = None) -> None:
     with transaction() as conn:
-        delivery = repo.finish_job(
+        delivery = db.jobs.finish_job(
             conn,
             job,
             errcode=err.errcode,
@@ -234,8 +234,8 @@ def run_job(task: Any, job_id: str, kind: str) -> None:
     _flush_pending_releases()
     try:
         with transaction() as conn:
-            outcome, job = repo.claim_job(conn, job_id, _lease_seconds())
-            inputs = repo.load_job_input(conn, job_id) if job is not None else None
+            outcome, job = db.jobs.claim_job(conn, job_id, _lease_seconds())
+            inputs = db.jobs.load_job_input(conn, job_id) if job is not None else None
     except TRANSIENT as exc:
         if task.request.retries >= CLAIM_RETRIES:
             log.warning(
@@ -280,7 +280,7 @@ def run_job(task: Any, job_id: str, kind: str) -> None:
                 result = recognition_result(conn, s, deciding_embedding(analysis), job)
             timings["db"] = time.monotonic() - t
             timings["total"] = time.monotonic() - started
-            delivery = repo.finish_job(
+            delivery = db.jobs.finish_job(
                 conn, job, errcode=0, errmsg="SUCCESS", result=result, timings=timings
             )
         _after_commit(job_id, "done", delivery)
@@ -291,7 +291,7 @@ def run_job(task: Any, job_id: str, kind: str) -> None:
             failure: BaseException = err
         else:
             with transaction() as conn:
-                delivery = repo.finish_job(
+                delivery = db.jobs.finish_job(
                     conn,
                     job,
                     errcode=err.errcode,
@@ -312,7 +312,7 @@ def run_job(task: Any, job_id: str, kind: str) -> None:
     # database is down too, nothing is written: the lease runs out and the sweeper re-sends it.
     if job["failed_attempts"] + 1 >= job["max_attempts"]:
         with transaction() as conn:
-            delivery = repo.finish_job(
+            delivery = db.jobs.finish_job(
                 conn,
                 job,
                 errcode=E.JOB_ATTEMPTS_EXHAUSTED.code,
@@ -326,7 +326,7 @@ def run_job(task: Any, job_id: str, kind: str) -> None:
     try:
         with transaction() as conn:
             # if the retry message below is lost, the send deadline brings the job back
-            repo.release_job(conn, job_id, countdown + s.job_send_timeout_seconds)
+            db.jobs.release_job(conn, job_id, countdown + s.job_send_timeout_seconds)
     except TRANSIENT as exc:
         log.warning("job %s: not released yet (%s)", job_id, type(exc).__name__)
         _pending_releases[job_id] = countdown + s.job_send_timeout_seconds
@@ -391,7 +391,7 @@ def sweep() -> dict[str, int]:
     s = get_settings()
     _flush_pending_releases()
     with transaction() as conn:
-        jobs = repo.jobs_to_resend(conn, s.job_send_timeout_seconds)
+        jobs = db.jobs.jobs_to_resend(conn, s.job_send_timeout_seconds)
         deliveries = repo.due_deliveries(
             conn, stale_after_seconds=2 * s.callback_timeout_seconds + 30
         )

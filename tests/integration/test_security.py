@@ -255,11 +255,11 @@ def test_idempotency_key_is_bounded_like_request_id(stack: Stack, admin: dict) -
 def test_unparseable_client_limit_is_refused_at_creation_and_defaulted_in_the_db(
     stack: Stack,
 ) -> None:
-    from shared import repo
+    from shared import db
     from shared.db import transaction
 
     with pytest.raises(ValueError, match="rate limit"), transaction() as conn:
-        repo.create_client(conn, "bad-limit", rate_limit="lots/please")
+        db.clients.create_client(conn, "bad-limit", rate_limit="lots/please")
     c = _client(stack, ["person:read"], rate_limit="lots/please")
     with stack.extra_api(FACELIB_RATE_LIMIT="3/minute") as url:
         codes = [
