@@ -25,7 +25,7 @@ from api.schemas import (
     person_types,
     validated_id_num,
 )
-from shared import crypto, repo
+from shared import crypto, db, repo
 from shared.callbacks import callback_url_problem
 from shared.db import transaction
 from shared.errors import ERRCODES, E, FaceLibError
@@ -123,7 +123,7 @@ def register() -> Response:
     }
 
     with transaction() as conn:
-        libraries = repo.library_ids(conn, params["libIds"] or ["default"])
+        libraries = db.libraries.library_ids(conn, params["libIds"] or ["default"])
     submit = functools.partial(
         submit_registration, id_num=id_num, person=person, library_ids=libraries
     )
@@ -146,7 +146,7 @@ def recognize() -> Response:
     }
     if params["libIds"]:
         with transaction() as conn:
-            meta["libraryIds"] = repo.library_ids(conn, params["libIds"])
+            meta["libraryIds"] = db.libraries.library_ids(conn, params["libIds"])
     return _run(params, body, meta, functools.partial(_submit_job, "recognize"))
 
 

@@ -245,8 +245,8 @@ def main() -> None:
             for k in ("shared_buffers", "effective_cache_size", "maintenance_work_mem")
         }
         client = db.clients.create_client(conn, "bench-scale", scopes=["admin"])
-        default = repo.library_ids(conn, ["default"])
-        branch = [repo.create_library(conn, "bench-branch", "10%", client["id"])["id"]]
+        default = db.libraries.library_ids(conn, ["default"])
+        branch = [db.libraries.create_library(conn, "bench-branch", "10%", client["id"])["id"]]
 
         # load: index dropped, faces by the bulk path in transactions of BATCH, index built once
         repo.drop_search_index(conn)

@@ -44,7 +44,7 @@ STAGES: dict[tuple[str, int], dict[str, float]] = {}
 
 
 def run(backend: str, workers: int, jobs: int, env: dict[str, str]) -> float:
-    from shared import crypto, db, repo
+    from shared import crypto, db
     from shared.cli import worker_command
     from shared.db import transaction
     from shared.idnum import make_id_num
@@ -63,7 +63,7 @@ def run(backend: str, workers: int, jobs: int, env: dict[str, str]) -> float:
             client = db.clients.get_client_by_name(conn, "bench") or db.clients.create_client(
                 conn, "bench"
             )
-            libs = repo.library_ids(conn, ["default"])
+            libs = db.libraries.library_ids(conn, ["default"])
         # warm-up: one job per process so model loading is not timed
         ids = []
         started = None

@@ -37,7 +37,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from shared import crypto, db, persons, repo
+from shared import crypto, db, persons
 from shared.db import transaction
 from shared.errors import ERRCODES, E, FaceLibError
 from shared.idnum import is_valid_id_num, make_id_num, normalize_id_num
@@ -256,7 +256,7 @@ class BulkEnrolment:
                 raise ValueError(f"client {client_name!r} is disabled")
             if not {"face:register", "admin"} & set(client["scopes"]):
                 raise ValueError(f"client {client_name!r} lacks the face:register scope")
-            self.library_ids = repo.library_ids(conn, lib_ids or ["default"])
+            self.library_ids = db.libraries.library_ids(conn, lib_ids or ["default"])
         self.client = client
         self.in_flight = max(1, in_flight)
         self.job_timeout = job_timeout

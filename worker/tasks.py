@@ -148,7 +148,7 @@ def _register(conn: psycopg.Connection, job: dict, inputs: dict, analysis: Analy
     if repo.count_faces(conn, person["id"]) >= s.faces_per_person:
         raise FaceLibError(E.FACE_LIMIT_REACHED, detail=f"at most {s.faces_per_person}")
     meta = job["request_meta"] or {}
-    repo.add_to_libraries(conn, person["id"], meta.get("libraryIds") or [])
+    db.libraries.add_to_libraries(conn, person["id"], meta.get("libraryIds") or [])
     face = analysis.faces[0]
     result = {"ok": "true"}
     policy = meta.get("duplicatePolicy") or s.duplicate_policy

@@ -14,7 +14,7 @@ import pytest
 from pgvector.psycopg import register_vector
 from psycopg.rows import dict_row
 
-from shared import repo
+from shared import db, repo
 from tests.conftest import Stack, new_id_num
 
 DIM = 128
@@ -88,7 +88,7 @@ def test_bulk_path_equals_row_by_row(stack: Stack) -> None:
             "INSERT INTO libraries (lib_id) VALUES (%s) RETURNING id",
             (f"b-{secrets.token_hex(3)}",),
         ).fetchone()["id"]
-        libs = repo.library_ids(conn, ["default"]) + [lib]
+        libs = db.libraries.library_ids(conn, ["default"]) + [lib]
         bulk_items, row_items = _items(vectors[:20]), _items(vectors[20:])
         # one person twice in the bulk input: one person row, two faces, the last fields win
         bulk_items[5] = {**bulk_items[5], "id_num": bulk_items[4]["id_num"], "name": "last"}
@@ -105,7 +105,7 @@ def test_bulk_path_equals_row_by_row(stack: Stack) -> None:
                 customer_id=item["customer_id"],
                 client_id=None,
             )
-            repo.add_to_libraries(conn, person["id"], libs)
+            db.libraries.add_to_libraries(conn, person["id"], libs)
             repo.add_face(
                 conn,
                 person_id=person["id"],
@@ -219,7 +219,7 @@ def test_search_recall_against_brute_force(stack: Stack) -> None:
             "INSERT INTO libraries (lib_id) VALUES (%s) RETURNING id",
             (f"r-{secrets.token_hex(3)}",),
         ).fetchone()["id"]
-        default = repo.library_ids(conn, ["default"])
+        default = db.libraries.library_ids(conn, ["default"])
         ids = np.array(
             repo.add_faces_bulk(
                 conn,

@@ -91,7 +91,7 @@ def test_libraries_filter_recognition(stack: Stack, admin: dict) -> None:
 
 def test_filtered_hnsw_search_equals_exact_scan_at_one_percent(stack: Stack) -> None:
     """3,000 faces, a library holding 1% of them: HNSW + iterative scan == exact filtered scan."""
-    from shared import repo
+    from shared import db, repo
 
     rng = np.random.default_rng(11)
     vecs = rng.normal(size=(3000, 128)).astype(np.float32)
@@ -114,9 +114,9 @@ def test_filtered_hnsw_search_equals_exact_scan_at_one_percent(stack: Stack) -> 
                 list(zip(ids, vecs, strict=True)),
             )
         members = ids[::100]  # 30 persons: 1%
-        repo.add_to_libraries(conn, members[0], [lib])
+        db.libraries.add_to_libraries(conn, members[0], [lib])
         for m in members[1:]:
-            repo.add_to_libraries(conn, m, [lib])
+            db.libraries.add_to_libraries(conn, m, [lib])
         exact_hits = hnsw_hits = 0
         for q in range(10):
             probe = vecs[q * 7] + 0.3 * rng.normal(size=128).astype(np.float32)
