@@ -358,7 +358,7 @@ def verify_face(self: Any, job_id: str) -> None:
 def deliver_callback(delivery_id: int) -> str | None:
     s = get_settings()
     with transaction() as conn:
-        delivery = repo.claim_delivery(conn, delivery_id)
+        delivery = db.deliveries.claim_delivery(conn, delivery_id)
         if delivery is None:
             return None  # delivered, dead, or being delivered by another worker
         payload = dict(delivery["payload"])
@@ -372,7 +372,7 @@ def deliver_callback(delivery_id: int) -> str | None:
         policy=CallbackPolicy.from_settings(s),
     )
     with transaction() as conn:
-        return repo.record_attempt(
+        return db.deliveries.record_attempt(
             conn,
             delivery,
             http_status=http_status,
@@ -392,7 +392,7 @@ def sweep() -> dict[str, int]:
     _flush_pending_releases()
     with transaction() as conn:
         jobs = db.jobs.jobs_to_resend(conn, s.job_send_timeout_seconds)
-        deliveries = repo.due_deliveries(
+        deliveries = db.deliveries.due_deliveries(
             conn, stale_after_seconds=2 * s.callback_timeout_seconds + 30
         )
     for job in jobs:
