@@ -13,6 +13,7 @@ import time
 
 from flask import Flask, Response, g, request
 
+from shared import db
 from shared.db import transaction
 from shared.queue import get_redis
 
@@ -45,7 +46,7 @@ def _forget_unenrolled_hourly() -> None:
         if not get_redis().set("facelib-audit-forget", 1, nx=True, ex=3600):
             return
         with transaction() as conn:
-            conn.execute("SELECT audit_forget_unenrolled(%s::interval)", (BLIND_REF_GRACE,))
+            db.audit.forget_unenrolled(conn, BLIND_REF_GRACE)
     except Exception as exc:  # noqa: BLE001 - the next hour tries again
         log.error("audit blind-index purge failed: %s", type(exc).__name__)
 
@@ -65,24 +66,21 @@ def init_app(app: Flask) -> None:
             return resp
         _forget_unenrolled_hourly()
         rule = request.url_rule.rule if request.url_rule else request.path[:200]
+        elapsed = time.monotonic() - g.get("audit_started", time.monotonic())
         try:
             with transaction() as conn:
-                conn.execute(
-                    "INSERT INTO audit_log (client_id, method, endpoint, person_ref, errcode,"
-                    " http_status, task_id, source_ip, request_id, duration_ms)"
-                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    (
-                        client["id"] if client else None,
-                        request.method,
-                        rule,
-                        g.get("audit_person_ref"),
-                        errcode,
-                        resp.status_code,
-                        resp.headers.get("X-Task-Id") or g.get("audit_task_id"),
-                        request.remote_addr,
-                        g.get("request_id"),
-                        int((time.monotonic() - g.get("audit_started", time.monotonic())) * 1000),
-                    ),
+                db.audit.write_row(
+                    conn,
+                    client_id=client["id"] if client else None,
+                    method=request.method,
+                    endpoint=rule,
+                    person_ref=g.get("audit_person_ref"),
+                    errcode=errcode,
+                    http_status=resp.status_code,
+                    task_id=resp.headers.get("X-Task-Id") or g.get("audit_task_id"),
+                    source_ip=request.remote_addr,
+                    request_id=g.get("request_id"),
+                    duration_ms=int(elapsed * 1000),
                 )
         except Exception as exc:  # noqa: BLE001 - auditing must not break the answer
             log.error("audit row not written: %s", type(exc).__name__)

@@ -11,7 +11,7 @@ Every repository function takes an open connection, so the caller decides the tr
 """
 
 # the repositories, so that `from shared import db` reaches them all: db.clients.authenticate(...)
-from shared.db import clients, deliveries, jobs, libraries
+from shared.db import audit, clients, deliveries, jobs, libraries
 from shared.db.pool import DatabaseUnavailable, close_pool, get_pool, transaction
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "close_pool",
     "get_pool",
     "transaction",
+    "audit",
     "clients",
     "deliveries",
     "jobs",
