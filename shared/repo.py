@@ -16,42 +16,6 @@ from psycopg.types.json import Jsonb
 from shared import crypto
 from shared.settings import Settings
 
-
-def purge_expired(
-    conn: psycopg.Connection,
-    *,
-    jobs_days: float,
-    audit_days: float,
-    callback_attempts_days: float,
-    batch: int = 5000,
-) -> dict[str, int]:
-    """Delete rows past their retention, in bounded batches (docs/reliability.md).
-
-    Finished jobs go with their callback delivery, except while that delivery is still pending;
-    callback attempts of deliveries long finished; audit rows past the legal minimum.
-    """
-    jobs = conn.execute(
-        "DELETE FROM jobs WHERE id IN (SELECT j.id FROM jobs j"
-        "  WHERE j.status IN ('done', 'failed')"
-        "    AND j.finished_at < now() - make_interval(days => %s)"
-        "    AND NOT EXISTS (SELECT 1 FROM callback_deliveries d WHERE d.job_id = j.id"
-        "                    AND d.status IN ('pending', 'delivering'))"
-        "  LIMIT %s)",
-        (jobs_days, batch),
-    ).rowcount
-    attempts = conn.execute(
-        "DELETE FROM callback_attempts WHERE id IN (SELECT id FROM callback_attempts"
-        "  WHERE attempted_at < now() - make_interval(days => %s) LIMIT %s)",
-        (callback_attempts_days, batch),
-    ).rowcount
-    audit = conn.execute(
-        "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log"
-        "  WHERE at < now() - make_interval(days => %s) ORDER BY at LIMIT %s)",
-        (audit_days, batch),
-    ).rowcount
-    return {"jobs": jobs, "callback_attempts": attempts, "audit_log": audit}
-
-
 # --- persons and faces ---------------------------------------------------------------------------
 
 

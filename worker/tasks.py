@@ -409,7 +409,7 @@ def purge_expired() -> dict[str, int]:
     """Delete finished jobs, callback attempts and audit rows past their retention."""
     s = get_settings()
     with transaction() as conn:
-        counts = repo.purge_expired(
+        counts = db.ops.purge_expired(
             conn,
             jobs_days=s.jobs_retention_days,
             audit_days=s.audit_retention_days,

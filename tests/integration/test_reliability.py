@@ -15,7 +15,7 @@ import uuid
 import psycopg
 import pytest
 
-from shared import db, repo
+from shared import db
 from shared.db import transaction
 from tests.conftest import Stack, small_jpeg_b64
 
@@ -152,7 +152,9 @@ def test_retention_purges_old_rows_and_keeps_the_audit_minimum(stack: Stack) -> 
         with pytest.raises(psycopg.errors.RaiseException):  # younger than 5 years: refused
             conn.execute("DELETE FROM audit_log WHERE id = %s", (ids[1],))
     with transaction() as conn:
-        counts = repo.purge_expired(conn, jobs_days=30, audit_days=1825, callback_attempts_days=90)
+        counts = db.ops.purge_expired(
+            conn, jobs_days=30, audit_days=1825, callback_attempts_days=90
+        )
     assert counts["jobs"] >= 1 and counts["audit_log"] >= 1
     with stack.db() as conn:
         assert conn.execute("SELECT 1 FROM jobs WHERE id = %s", (old_job,)).fetchone() is None
