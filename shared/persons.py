@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 
 from shared import crypto, repo
+from shared.files.uploads import delete_images
 from shared.recognition import PERSON_REF
 from shared.settings import Settings
 
@@ -155,33 +156,6 @@ def _lock_faces_against_recognition(conn: psycopg.Connection) -> None:
     conn.execute("LOCK TABLE faces IN ACCESS EXCLUSIVE MODE")
 
 
-def _delete_stored_images(conn: psycopg.Connection, image_sha256s: list[bytes]) -> int:
-    """Delete file-server copies of these enrolment images (every client's row, and the object).
-
-    A face's `image_sha256` is the hash of the bytes the worker read; for an fds image that is
-    the stored object's hash (`files.sha256`), so the copies are found by it.
-    """
-    if not image_sha256s:
-        return 0
-    # the same per-path lock as uploads and purges (shared/filestore.py), so a concurrent upload
-    # of the same photo cannot recreate a row whose object is being removed
-    from shared.filestore import get_file_store, lock_path
-
-    paths = [
-        r["path"]
-        for r in conn.execute(
-            "SELECT DISTINCT path FROM files WHERE sha256 = ANY(%s) ORDER BY path",
-            (image_sha256s,),
-        ).fetchall()
-    ]
-    deleted = 0
-    for path in paths:
-        lock_path(conn, path)
-        deleted += conn.execute("DELETE FROM files WHERE path = %s", (path,)).rowcount
-        get_file_store().delete(path)
-    return deleted
-
-
 def delete_face(conn: psycopg.Connection, face_id: int) -> dict[str, Any] | None:
     """Delete one face and its stored image; the face row as it was, or None if there is none.
 
@@ -205,7 +179,7 @@ def delete_face(conn: psycopg.Connection, face_id: int) -> dict[str, Any] | None
             "SELECT 1 FROM faces WHERE image_sha256 = %s LIMIT 1", (sha,)
         ).fetchone()
     ):
-        _delete_stored_images(conn, [sha])
+        delete_images(conn, [sha])
     conn.execute("UPDATE persons SET updated_at = now() WHERE id = %s", (face["person_id"],))
     return face
 
@@ -263,7 +237,7 @@ def erase_person(
     bulk_ids = [rid for sha in images for rid in bulk_request_ids(settings, id_num, sha)]
     if bulk_ids:
         conn.execute("UPDATE jobs SET request_id = NULL WHERE request_id = ANY(%s)", (bulk_ids,))
-    files = _delete_stored_images(conn, images)
+    files = delete_images(conn, images)
     return {
         "faces": len(faces),
         "files": files,

@@ -11,7 +11,7 @@ Every repository function takes an open connection, so the caller decides the tr
 """
 
 # the repositories, so that `from shared import db` reaches them all: db.clients.authenticate(...)
-from shared.db import audit, clients, deliveries, jobs, libraries, ops
+from shared.db import audit, clients, deliveries, files, jobs, libraries, ops
 from shared.db.pool import DatabaseUnavailable, close_pool, get_pool, transaction
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "audit",
     "clients",
     "deliveries",
+    "files",
     "jobs",
     "libraries",
     "ops",
