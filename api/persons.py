@@ -25,7 +25,7 @@ from api.schemas import (
     person_types,
     validated_id_num,
 )
-from shared import crypto, db, repo
+from shared import crypto, db
 from shared.callbacks import callback_url_problem
 from shared.db import transaction
 from shared.errors import ERRCODES, E, FaceLibError
@@ -159,7 +159,7 @@ def verify() -> Response:
     params = load(VerifySchema(), body)
     id_num = validated_id_num(params["idNum"])
     with transaction() as conn:
-        person = repo.find_person(conn, get_settings(), id_num)
+        person = db.persons.find_person(conn, get_settings(), id_num)
     # A client that may not read persons must not learn whether an idNum is enrolled: for it an
     # unknown idNum runs the same job and answers exactly as a face that does not match
     # (isMatch "false", no score); clients with person:read get 5001.

@@ -493,7 +493,8 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     import psycopg
     from psycopg.rows import dict_row
 
-    from shared import bulk, repo
+    from shared import bulk
+    from shared.db import search as repo
     from shared.settings import get_settings
 
     try:

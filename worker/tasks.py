@@ -20,7 +20,7 @@ import psycopg
 import redis
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 
-from shared import crypto, db, repo
+from shared import crypto, db
 from shared.callbacks import CallbackPolicy, post_callback
 from shared.db import transaction
 from shared.errors import E, FaceLibError
@@ -136,7 +136,7 @@ def _register(conn: psycopg.Connection, job: dict, inputs: dict, analysis: Analy
     s = get_settings()
     id_num = crypto.decrypt(s.encryption_key, bytes(inputs["id_num_encrypted"]), job["id"].bytes)
     fields = inputs["person"]
-    person = repo.upsert_person(
+    person = db.persons.upsert_person(
         conn,
         s,
         id_num=id_num,
@@ -145,7 +145,7 @@ def _register(conn: psycopg.Connection, job: dict, inputs: dict, analysis: Analy
         customer_id=fields.get("customerID"),
         client_id=job["client_id"],
     )
-    if repo.count_faces(conn, person["id"]) >= s.faces_per_person:
+    if db.faces.count_faces(conn, person["id"]) >= s.faces_per_person:
         raise FaceLibError(E.FACE_LIMIT_REACHED, detail=f"at most {s.faces_per_person}")
     meta = job["request_meta"] or {}
     db.libraries.add_to_libraries(conn, person["id"], meta.get("libraryIds") or [])
@@ -158,7 +158,7 @@ def _register(conn: psycopg.Connection, job: dict, inputs: dict, analysis: Analy
             raise FaceLibError(E.DUPLICATE_IDENTITY, detail=f"score {duplicate:.1f}")
         if duplicate is not None:
             result["duplicateWarning"] = "true"
-    added = repo.add_face(
+    added = db.faces.add_face(
         conn,
         person_id=person["id"],
         embedding=face.embedding,
@@ -171,14 +171,14 @@ def _register(conn: psycopg.Connection, job: dict, inputs: dict, analysis: Analy
         image_sha256=hashlib.sha256(image).digest(),
     )
     if added:  # every enabled model's vector, and the photo when kept (docs/models.md)
-        face_id = repo.face_id_for_job(conn, job["id"])
+        face_id = db.faces.face_id_for_job(conn, job["id"])
         assert face_id is not None
         versions = engine().versions
         for name, vector in face.embeddings.items():
-            if name in repo.EMBEDDING_COLUMNS and name != "dlib":
-                repo.set_face_embedding(conn, face_id, name, vector, versions[name])
+            if name in db.faces.EMBEDDING_COLUMNS and name != "dlib":
+                db.faces.set_face_embedding(conn, face_id, name, vector, versions[name])
         if s.keep_enrolment_photos:
-            repo.store_face_photo(conn, s, face_id, image)
+            db.faces.store_face_photo(conn, s, face_id, image)
     return result
 
 

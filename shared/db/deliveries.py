@@ -121,3 +121,14 @@ def replay_delivery(conn: psycopg.Connection, delivery_id: int, client_id: int) 
         (delivery_id, client_id),
     )
     return cur.rowcount == 1
+
+
+def forget_person(conn: psycopg.Connection, person_id: int) -> int:
+    """Erasure: callback payloads that name the person as a recognition's match lose that
+    reference and read isMatch "false" (as their jobs' results do); how many changed."""
+    return conn.execute(
+        "UPDATE callback_deliveries SET payload = jsonb_set(payload, '{data}',"
+        " ((payload -> 'data') - '_personId') || '{\"isMatch\": \"false\"}')"
+        " WHERE payload -> 'data' ? '_personId' AND payload -> 'data' ->> '_personId' = %s",
+        (str(person_id),),
+    ).rowcount

@@ -266,3 +266,35 @@ def finished_jobs(conn: psycopg.Connection, job_ids: list[uuid.UUID]) -> list[di
         " AND status IN ('done', 'failed')",
         (job_ids,),
     ).fetchall()
+
+
+# --- erasure (shared/persons.py erase_person) ---------------------------------------------------
+
+
+def forget_person(conn: psycopg.Connection, person_id: int) -> int:
+    """Remove a person from job rows; how many rows changed.
+
+    Results that name the person as a recognition's match (`_personId`) lose that reference and
+    read isMatch "false"; 1:1 verifications name their person in request_meta, and get 0, which
+    names no one (ids start at 1): one still waiting for a worker answers 5001 like any
+    verification of an unknown person. The key is written out (not bound) so that the partial
+    indexes of sql/0004_dba.sql apply.
+    """
+    ref = str(person_id)
+    matches = conn.execute(
+        "UPDATE jobs SET result = (result - '_personId') || '{\"isMatch\": \"false\"}'"
+        " WHERE result ? '_personId' AND result ->> '_personId' = %s",
+        (ref,),
+    ).rowcount
+    verifications = conn.execute(
+        "UPDATE jobs SET request_meta = jsonb_set(request_meta, '{personId}', '0')"
+        " WHERE request_meta ? 'personId' AND request_meta ->> 'personId' = %s",
+        (ref,),
+    ).rowcount
+    return matches + verifications
+
+
+def clear_request_ids(conn: psycopg.Connection, request_ids: list[str]) -> None:
+    """Drop these requestIds from their jobs (bulk enrolment's ids derive from an idNum)."""
+    if request_ids:
+        conn.execute("UPDATE jobs SET request_id = NULL WHERE request_id = ANY(%s)", (request_ids,))

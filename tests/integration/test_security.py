@@ -410,7 +410,7 @@ def test_decryption_uses_the_stored_key_id(stack: Stack) -> None:
     import dataclasses
     import os
 
-    from shared import crypto, repo
+    from shared import crypto, db
     from shared.settings import get_settings
 
     settings = get_settings()
@@ -424,9 +424,9 @@ def test_decryption_uses_the_stored_key_id(stack: Stack) -> None:
     rotated = dataclasses.replace(
         settings, encryption_keys={**settings.encryption_keys, "k0": old_key}
     )
-    assert repo.decrypt_id_num(rotated, person) == "610102198001010013"
+    assert db.persons.decrypt_id_num(rotated, person) == "610102198001010013"
     with pytest.raises(KeyError, match="k0"):
-        repo.decrypt_id_num(settings, person)
+        db.persons.decrypt_id_num(settings, person)
 
 
 # --- 10: the OpenAPI document is the application's ---------------------------------------------

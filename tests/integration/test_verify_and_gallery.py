@@ -91,7 +91,7 @@ def test_libraries_filter_recognition(stack: Stack, admin: dict) -> None:
 
 def test_filtered_hnsw_search_equals_exact_scan_at_one_percent(stack: Stack) -> None:
     """3,000 faces, a library holding 1% of them: HNSW + iterative scan == exact filtered scan."""
-    from shared import db, repo
+    from shared import db
 
     rng = np.random.default_rng(11)
     vecs = rng.normal(size=(3000, 128)).astype(np.float32)
@@ -122,12 +122,12 @@ def test_filtered_hnsw_search_equals_exact_scan_at_one_percent(stack: Stack) -> 
             probe = vecs[q * 7] + 0.3 * rng.normal(size=128).astype(np.float32)
             cos = (vecs[::100] @ probe) / np.linalg.norm(probe)
             truth = [members[i] for i in np.argsort(-cos)[:5]]  # computed in numpy
-            exact = repo.nearest_faces(
+            exact = db.search.nearest_faces(
                 conn, probe, limit=5, ef_search=40, library_ids=[lib], exact=True
             )
             assert [r["person_id"] for r in exact] == truth
             exact_hits += 1
-            hnsw = repo.nearest_faces(conn, probe, limit=5, ef_search=200, library_ids=[lib])
+            hnsw = db.search.nearest_faces(conn, probe, limit=5, ef_search=200, library_ids=[lib])
             assert len(hnsw) == 5 and all(r["person_id"] in members for r in hnsw)
             hnsw_hits += len({r["person_id"] for r in hnsw} & set(truth))
         assert exact_hits == 10

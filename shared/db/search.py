@@ -1,317 +1,31 @@
-"""Repositories: where the SQL lives (a few statements are still elsewhere: issue #14).
+"""Face search: nearest faces by cosine distance, gallery counts, and the search index.
+Tables read: faces, persons, person_libraries, gallery_counts; indexes built: the HNSW index
+(or its partitions) on faces.embedding.
 
-Each function takes an open connection, so the caller decides the transaction (see `shared.db.transaction`)."""
+The index (sql/0009_search_scale.sql) holds the embeddings as halfvec; `nearest_faces` re-ranks
+its candidates by the exact float32 distance. `facelib reindex` builds it, one index or K
+partial ones (`build_search_index`). The gallery counts (sql/0008) are kept by triggers, so
+a search learns the size of what it compares with in O(1).
+"""
 
 from __future__ import annotations
 
 import re
 import time
-import uuid
 from typing import Any
 
 import numpy as np
 import psycopg
-from psycopg.types.json import Jsonb
 
-from shared import crypto
-from shared.settings import Settings
+from shared.db.faces import embedding_column
+from shared.settings import get_settings
 
-# --- persons and faces ---------------------------------------------------------------------------
-
-
-def find_person(conn: psycopg.Connection, settings: Settings, id_num: str) -> dict | None:
-    return conn.execute(
-        "SELECT * FROM persons WHERE id_num_index = %s",
-        (crypto.blind_index(settings.index_key, id_num),),
-    ).fetchone()
-
-
-def upsert_person(
-    conn: psycopg.Connection,
-    settings: Settings,
-    *,
-    id_num: str,
-    name: str,
-    person_type: str,
-    customer_id: str | None,
-    client_id: int,
-) -> dict[str, Any]:
-    """Create the person, or update name/type/customerID of the one with this idNum.
-
-    The row is locked until the transaction ends, so concurrent enrolments of one person
-    serialise on it (and the face cap holds).
-    """
-    index = crypto.blind_index(settings.index_key, id_num)
-    row = conn.execute(
-        "INSERT INTO persons (id_num_index, id_num_encrypted, id_num_key_id, id_num_masked,"
-        " name, person_type, customer_id, created_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-        " ON CONFLICT (id_num_index) DO UPDATE SET name = EXCLUDED.name,"
-        " person_type = EXCLUDED.person_type,"
-        " customer_id = CASE WHEN %s THEN EXCLUDED.customer_id ELSE persons.customer_id END,"
-        " updated_at = now() RETURNING *",
-        (
-            index,
-            crypto.encrypt(settings.encryption_key, id_num, aad=index),
-            settings.encryption_key_id,
-            crypto.mask_id_num(id_num),
-            name,
-            person_type,
-            customer_id or "",
-            client_id,
-            customer_id is not None,
-        ),
-    ).fetchone()
-    assert row is not None
-    return row
-
-
-def count_faces(conn: psycopg.Connection, person_id: int | None = None) -> int:
-    if person_id is None:  # every face: the counters (sql/0008), not count(*) over a million
-        return library_size(conn)
-    row = conn.execute(
-        "SELECT count(*) AS n FROM faces WHERE person_id = %s", (person_id,)
-    ).fetchone()
-    assert row is not None
-    return int(row["n"])
-
-
-def add_face(
-    conn: psycopg.Connection,
-    *,
-    person_id: int,
-    embedding: np.ndarray,
-    box: list[int],
-    quality: dict[str, float],
-    model: str,
-    backend: str,
-    job_id: uuid.UUID | str,
-    image_sha256: bytes,
-) -> bool:
-    """Insert the face of a registration job; False if this job already inserted it."""
-    cur = conn.execute(
-        "INSERT INTO faces (person_id, embedding, box, quality, model, backend, job_id,"
-        " image_sha256) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (job_id) DO NOTHING",
-        (
-            person_id,
-            np.asarray(embedding, dtype=np.float32),
-            box,
-            Jsonb(quality),
-            model,
-            backend,
-            job_id,
-            image_sha256,
-        ),
-    )
-    return cur.rowcount == 1
-
-
-# Optional models' vectors live in their own column of `faces` (sql/0010_models.sql).
-EMBEDDING_COLUMNS = {"dlib": "embedding", "mobilefacenet": "embedding_mobilefacenet"}
-
-
-def embedding_column(model: str | None) -> str:
-    """The `faces` column holding `model`'s vectors (dlib's when None)."""
-    try:
-        return EMBEDDING_COLUMNS[model or "dlib"]
-    except KeyError:
-        raise ValueError(f"no embedding column for model {model!r}") from None
-
-
-def set_face_embedding(
-    conn: psycopg.Connection, face_id: int, model: str, embedding: np.ndarray, version: str
-) -> bool:
-    """Store an optional model's vector of a face (only if it has none yet)."""
-    column = embedding_column(model)
-    if column == "embedding":
-        raise ValueError("dlib's vector is written by add_face")
-    cur = conn.execute(
-        f"UPDATE faces SET {column} = %s, {column}_version = %s"  # noqa: S608 - fixed names
-        f" WHERE id = %s AND {column} IS NULL",
-        (np.asarray(embedding, dtype=np.float32), version, face_id),
-    )
-    return cur.rowcount == 1
-
-
-def face_id_for_job(conn: psycopg.Connection, job_id: uuid.UUID | str) -> int | None:
-    row = conn.execute("SELECT id FROM faces WHERE job_id = %s", (job_id,)).fetchone()
-    return None if row is None else int(row["id"])
-
-
-def _photo_aad(face_id: int) -> bytes:
-    return f"face_photos:{face_id}".encode()
-
-
-def store_face_photo(
-    conn: psycopg.Connection, settings: Settings, face_id: int, photo: bytes
-) -> None:
-    """Keep the enrolment photo, AES-256-GCM encrypted with the current key (its id beside it)."""
-    conn.execute(
-        "INSERT INTO face_photos (face_id, key_id, photo_encrypted) VALUES (%s, %s, %s)"
-        " ON CONFLICT (face_id) DO NOTHING",
-        (
-            face_id,
-            settings.encryption_key_id,
-            crypto.encrypt_bytes(settings.encryption_key, photo, aad=_photo_aad(face_id)),
-        ),
-    )
-
-
-def faces_missing_embedding(
-    conn: psycopg.Connection, settings: Settings, model: str, after_id: int, limit: int
-) -> list[dict[str, Any]]:
-    """Faces after `after_id` (by id) with a kept photo and no `model` vector, photo decrypted."""
-    column = embedding_column(model)
-    rows = conn.execute(
-        "SELECT f.id, f.box, p.key_id, p.photo_encrypted FROM faces f"  # noqa: S608
-        f" JOIN face_photos p ON p.face_id = f.id WHERE f.{column} IS NULL AND f.id > %s"
-        " ORDER BY f.id LIMIT %s",
-        (after_id, limit),
-    ).fetchall()
-    out = []
-    for r in rows:
-        key = settings.encryption_keys.get(r["key_id"])
-        if key is None:
-            raise KeyError(f"no key with id {r['key_id']!r}: add it to FACELIB_ENCRYPTION_KEYS")
-        photo = crypto.decrypt_bytes(key, bytes(r["photo_encrypted"]), aad=_photo_aad(r["id"]))
-        out.append({"id": int(r["id"]), "box": list(r["box"]), "photo": photo})
-    return out
-
-
-def count_missing_embedding(conn: psycopg.Connection, model: str) -> dict[str, int]:
-    """Faces without `model`'s vector: in all, and among them those with a kept photo."""
-    column = embedding_column(model)
-    row = conn.execute(
-        f"SELECT count(*) AS missing, count(p.face_id) AS with_photo FROM faces f"  # noqa: S608
-        f" LEFT JOIN face_photos p ON p.face_id = f.id WHERE f.{column} IS NULL"
-    ).fetchone()
-    assert row is not None
-    return {"missing": int(row["missing"]), "with_photo": int(row["with_photo"])}
-
-
-BULK_BATCH = 5_000  # rows per COPY batch of `add_faces_bulk` (one round trip per batch)
-
-
-def add_faces_bulk(
-    conn: psycopg.Connection,
-    settings: Settings,
-    faces: list[dict[str, Any]],
-    *,
-    library_ids: list[int],
-    client_id: int | None,
-    model: str,
-    backend: str,
-) -> list[int | None]:
-    """Enrol many already-embedded faces at once: the bulk path of the repository.
-
-    Each item: id_num, name, person_type, customer_id (None keeps a stored one), embedding,
-    and optionally box, quality, image_sha256, job_id. Persons are created or updated exactly as
-    `upsert_person` does (one row per idNum, the last item's fields win), added to
-    `library_ids`, and the faces are written with binary COPY, BULK_BATCH rows per round trip;
-    the gallery counters follow in the same transaction (sql/0009's statement-level trigger).
-    A face that would take its person past FACELIB_FACES_PER_PERSON is not written.
-
-    Returns, per item in order, the new face id or None (face cap reached). The caller holds the
-    transaction: nothing is visible until it commits, and a failure leaves nothing behind.
-    """
-    if not faces:
-        return []
-    if conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-        raise ValueError("add_faces_bulk runs inside the caller's transaction")
-    indexes = [crypto.blind_index(settings.index_key, f["id_num"]) for f in faces]
-    last: dict[bytes, int] = {}
-    for i, index in enumerate(indexes):
-        last[index] = i
-    conn.execute(
-        "CREATE TEMP TABLE IF NOT EXISTS bulk_persons (id_num_index bytea,"
-        " id_num_encrypted bytea, id_num_key_id text, id_num_masked text, name text,"
-        " person_type text, customer_id text, keep_customer boolean) ON COMMIT DELETE ROWS"
-    )
-    conn.execute("TRUNCATE bulk_persons")
-    with conn.cursor().copy("COPY bulk_persons FROM STDIN (FORMAT BINARY)") as copy:
-        copy.set_types(["bytea", "bytea", "text", "text", "text", "text", "text", "bool"])
-        for index, i in last.items():
-            f = faces[i]
-            copy.write_row(
-                (
-                    index,
-                    crypto.encrypt(settings.encryption_key, f["id_num"], aad=index),
-                    settings.encryption_key_id,
-                    crypto.mask_id_num(f["id_num"]),
-                    f["name"],
-                    f["person_type"],
-                    f.get("customer_id") or "",
-                    f.get("customer_id") is None,
-                )
-            )
-    rows = []
-    for keep in (True, False):  # a None customer_id keeps the stored one, as upsert_person
-        rows += conn.execute(
-            "INSERT INTO persons AS p (id_num_index, id_num_encrypted, id_num_key_id,"
-            " id_num_masked, name, person_type, customer_id, created_by)"
-            " SELECT id_num_index, id_num_encrypted, id_num_key_id, id_num_masked, name,"
-            " person_type, customer_id, %s FROM bulk_persons WHERE keep_customer = %s"
-            " ON CONFLICT (id_num_index) DO UPDATE SET name = EXCLUDED.name,"
-            " person_type = EXCLUDED.person_type,"
-            " customer_id = CASE WHEN %s THEN p.customer_id ELSE EXCLUDED.customer_id END,"
-            " updated_at = now() RETURNING p.id, p.id_num_index",
-            (client_id, keep, keep),
-        ).fetchall()
-    person_of = {bytes(r["id_num_index"]): int(r["id"]) for r in rows}
-    ids = list(person_of.values())
-    if library_ids:
-        conn.execute(
-            "INSERT INTO person_libraries (person_id, library_id)"
-            " SELECT p, l FROM unnest(%s::bigint[]) p, unnest(%s::bigint[]) l"
-            " ON CONFLICT DO NOTHING",
-            (ids, library_ids),
-        )
-    stored = {
-        int(r["person_id"]): int(r["n"])
-        for r in conn.execute(
-            "SELECT person_id, count(*) AS n FROM faces WHERE person_id = ANY(%s)"
-            " GROUP BY person_id",
-            (ids,),
-        ).fetchall()
-    }
-    out: list[int | None] = []
-    accepted: list[int] = []
-    for i, index in enumerate(indexes):
-        pid = person_of[index]
-        if stored.get(pid, 0) >= settings.faces_per_person:
-            out.append(None)
-            continue
-        stored[pid] = stored.get(pid, 0) + 1
-        accepted.append(i)
-        out.append(pid)
-    columns = "id, person_id, embedding, box, quality, model, backend, job_id, image_sha256"
-    types = ["int8", "int8", "vector", "int4[]", "jsonb", "text", "text", "uuid", "bytea"]
-    for start in range(0, len(accepted), BULK_BATCH):
-        chunk = accepted[start : start + BULK_BATCH]
-        # the face ids first, so that each item learns its own
-        face_ids = conn.execute(
-            "SELECT nextval(pg_get_serial_sequence('faces', 'id')) AS id"
-            " FROM generate_series(1, %s)",
-            (len(chunk),),
-        ).fetchall()
-        with conn.cursor().copy(f"COPY faces ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.set_types(types)
-            for i, face_id in zip(chunk, face_ids, strict=True):
-                f = faces[i]
-                copy.write_row(
-                    (
-                        face_id["id"],
-                        out[i],
-                        np.asarray(f["embedding"], dtype=np.float32),
-                        [int(v) for v in f.get("box") or (0, 0, 0, 0)],
-                        Jsonb(f.get("quality") or {}),
-                        model,
-                        backend,
-                        f.get("job_id"),
-                        f.get("image_sha256"),
-                    )
-                )
-                out[i] = face_id["id"]
-    return out
+SEARCH_EF_MAX = 1000  # pgvector's largest hnsw.ef_search
+RERANK_MIN = 40  # candidates re-ranked with exact distances, at least
+SEARCH_INDEX = "faces_embedding_hnsw"  # one index; partitioned: faces_embedding_hnsw_<k>of<K>
+_PART = re.compile(r"^faces_embedding_hnsw_(\d+)of(\d+)$")
+PARTITIONS_TTL = 10.0  # seconds a process trusts its reading of the partition count
+_partitions: dict[str, tuple[float, int]] = {}
 
 
 def _filter_sql(
@@ -347,14 +61,6 @@ def _filter_sql(
         clauses.append("faces.person_id <> %s")
         params.append(exclude_person)
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
-
-
-SEARCH_EF_MAX = 1000  # pgvector's largest hnsw.ef_search
-RERANK_MIN = 40  # candidates re-ranked with exact distances, at least
-SEARCH_INDEX = "faces_embedding_hnsw"  # one index; partitioned: faces_embedding_hnsw_<k>of<K>
-_PART = re.compile(r"^faces_embedding_hnsw_(\d+)of(\d+)$")
-PARTITIONS_TTL = 10.0  # seconds a process trusts its reading of the partition count
-_partitions: dict[str, tuple[float, int]] = {}
 
 
 def search_ef(ef_search: int, partition_faces: int, ef_per_million: int, ef_max: int) -> int:
@@ -441,7 +147,7 @@ def nearest_faces(
     filter, guaranteed.
     """
     if ef_per_million is None or ef_max is None:
-        settings = _settings()
+        settings = get_settings()
         ef_per_million = settings.hnsw_ef_per_million if ef_per_million is None else ef_per_million
         ef_max = settings.hnsw_ef_max if ef_max is None else ef_max
     where, params = _filter_sql(library_ids, person_types, exclude_person, per_row=not exact)
@@ -504,12 +210,6 @@ def _nearest_by_column(
     finally:
         if exact:
             conn.execute("SELECT set_config('enable_indexscan', 'on', true)")
-
-
-def _settings() -> Settings:
-    from shared.settings import get_settings
-
-    return get_settings()
 
 
 def drop_search_index(conn: psycopg.Connection) -> None:
@@ -642,17 +342,3 @@ def person_distance(
         (np.asarray(embedding, dtype=np.float32), person_id),
     ).fetchone()
     return None if row is None or row["d"] is None else float(row["d"])
-
-
-def get_person(conn: psycopg.Connection, person_id: int) -> dict[str, Any] | None:
-    return conn.execute("SELECT * FROM persons WHERE id = %s", (person_id,)).fetchone()
-
-
-def decrypt_id_num(settings: Settings, person: dict[str, Any]) -> str:
-    """The idNum, decrypted with the key whose id is stored beside it (rotation: old ids stay
-    readable while FACELIB_ENCRYPTION_KEY encrypts new rows)."""
-    key_id = person.get("id_num_key_id") or settings.encryption_key_id
-    key = settings.encryption_keys.get(key_id)
-    if key is None:
-        raise KeyError(f"no key with id {key_id!r}: add it to FACELIB_ENCRYPTION_KEYS")
-    return crypto.decrypt(key, bytes(person["id_num_encrypted"]), aad=bytes(person["id_num_index"]))
