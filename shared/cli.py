@@ -414,7 +414,7 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_bulk(args: argparse.Namespace) -> int:
-    from shared import bulk
+    from shared.bulk import runner as bulk
     from shared.errors import FaceLibError
 
     try:
@@ -493,7 +493,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     import psycopg
     from psycopg.rows import dict_row
 
-    from shared import bulk
+    from shared.bulk import runner as bulk
     from shared.db import search as repo
     from shared.settings import get_settings
 

@@ -1,78 +1,29 @@
-"""Bulk enrolment: register many persons from a CSV file or a folder of photos.
-
-Rows go through the same queue as the API's `reg` (`shared.jobs.submit_job`, origin self), so
-the import scales with the workers and gets the same checks and errcodes. Rows are submitted
-asynchronously, at most `in_flight` at a time, and their jobs are followed in the jobs table.
-
-Resumable: each row's requestId is derived from its idNum and image (`persons.bulk_request_ids`),
-so a second run finds the first run's jobs: a row already enrolled is skipped, one still queued
-is waited for, one that failed for good is reported again without being resubmitted, and one
-that failed for a transient reason (6003, 9001...) is submitted again under its next requestId.
-No row is ever enrolled twice.
-
-The report (CSV) lists every row not enrolled, with its line, errcode and errmsg; it holds the
-masked idNum only.
-
-    facelib bulk --client branch-0001 --csv people.csv [--report failures.csv]
-    facelib bulk --client branch-0001 --folder photos/ [--synthetic-idnums]
-
-CSV columns: idNum,name,personType,customerID,image (image: a path, relative to the CSV file).
-Folder: one entry per person, a photo or a sub-folder (its first photo), named
-`<idNum>[_<name>]`; with --synthetic-idnums (demonstrations only) any name is accepted and a
-valid idNum is made up from it.
-"""
+"""Runs a bulk enrolment: submits rows for one client and follows their jobs to the end
+(see shared/bulk for what makes it resumable)."""
 
 from __future__ import annotations
 
-import base64
-import csv
-import hashlib
-import io
-import re
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-from shared import crypto, db, persons
+from shared import db
+from shared.bulk.inputs import Row, read_csv, read_folder
+from shared.bulk.prepare import Prepared, prepare_row
+from shared.bulk.report import Failure, write_report
 from shared.db import transaction
 from shared.errors import ERRCODES, E, FaceLibError
-from shared.idnum import is_valid_id_num, make_id_num, normalize_id_num
-from shared.jobs import request_hash, submit_registration
-from shared.settings import Settings, get_settings
-
-PERSON_TYPES = ("normal", "vip", "inner")  # as persons.person_type's CHECK constraint
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
-CSV_COLUMNS = ("idNum", "name", "personType", "customerID", "image")
-REPORT_COLUMNS = ("line", "idNumMasked", "image", "errcode", "errmsg", "taskId")
-_LABEL = re.compile(r"^(\d{17}[\dXx])(?:[_ -]+(.+))?$")
-
-
-@dataclass
-class Row:
-    """One person to enrol, as read from the input (not yet checked)."""
-
-    line: int
-    id_num: str
-    name: str
-    person_type: str
-    customer_id: str | None
-    image: Path | None
-
-
-@dataclass
-class Failure:
-    row: Row
-    errcode: int
-    errmsg: str
-    task_id: str = ""
+from shared.jobs import submit_registration
+from shared.settings import get_settings
 
 
 @dataclass
 class Summary:
+    """The figures of a run, and its failures (for the report)."""
+
     rows: int = 0
     enrolled: int = 0
     skipped: int = 0
@@ -90,148 +41,6 @@ class Summary:
             f" {self.enrolled} enrolled, {self.skipped} already enrolled (skipped),"
             f" {self.failed} failed"
         )
-
-
-# --- input ---------------------------------------------------------------------------------------
-
-
-def read_csv(path: Path) -> Iterator[Row]:
-    """Rows of a CSV file with the columns of CSV_COLUMNS (customerID may be empty)."""
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        missing = {"idNum", "name", "personType", "image"} - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(f"{path}: missing columns {', '.join(sorted(missing))}")
-        for record in reader:
-            image = (record.get("image") or "").strip()
-            yield Row(
-                line=reader.line_num,
-                id_num=(record.get("idNum") or "").strip(),
-                name=(record.get("name") or "").strip(),
-                person_type=(record.get("personType") or "").strip(),
-                customer_id=(record.get("customerID") or "").strip() or None,
-                image=(path.parent / image) if image else None,
-            )
-
-
-def synthetic_id_num(label: str, taken: set[str]) -> str:
-    """A valid, made-up idNum for a demonstration person, the same for a label on every run
-    (given the same set of labels): for data sets such as LFW that have no ID numbers."""
-    regions = ("110101", "310101", "440301", "610102", "510104", "330106", "420102", "320102")
-    n = 0
-    while True:
-        h = int.from_bytes(hashlib.sha256(f"{label}\0{n}".encode()).digest()[:8], "big")
-        born = date(1950, 1, 1) + timedelta(days=h % 18000)
-        id_num = make_id_num(regions[(h >> 20) % len(regions)], born, (h >> 40) % 1000)
-        if id_num not in taken:
-            taken.add(id_num)
-            return id_num
-        n += 1
-
-
-def read_folder(folder: Path, *, synthetic_id_nums: bool, person_type: str) -> Iterator[Row]:
-    """One row per photo or sub-folder of `folder`, in name order (see the module docstring)."""
-    taken: set[str] = set()
-    for line, entry in enumerate(sorted(folder.iterdir()), start=1):
-        if entry.is_dir():
-            photos = sorted(p for p in entry.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            image = photos[0] if photos else None
-            label = entry.name
-        elif entry.suffix.lower() in IMAGE_SUFFIXES:
-            image, label = entry, entry.stem
-        else:
-            continue
-        m = _LABEL.match(label)
-        if m:
-            id_num, name = m.group(1), (m.group(2) or "")
-        elif synthetic_id_nums:
-            id_num, name = synthetic_id_num(label, taken), label
-        else:
-            id_num, name = "", label
-        yield Row(line, id_num, name.replace("_", " ").strip(), person_type, None, image)
-
-
-# --- one row -------------------------------------------------------------------------------------
-
-
-def _field_error(err: Any, name: str, detail: str | None = None) -> FaceLibError:
-    return FaceLibError(err, detail=detail or name, data={"field": name})
-
-
-def fit_base64_limit(raw: bytes, max_base64_bytes: int) -> bytes:
-    """The image as a client would send it: unchanged when its base64 fits the limit, else
-    turned upright and re-encoded as JPEG, smaller and smaller until it fits."""
-    if 4 * ((len(raw) + 2) // 3) <= max_base64_bytes:
-        return raw
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(raw)) as im:
-            img = (ImageOps.exif_transpose(im) or im).convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise FaceLibError(E.IMAGE_UNDECODABLE, detail="image") from exc
-    side, quality = 1600, 90
-    while True:
-        copy = img.copy()
-        copy.thumbnail((side, side), Image.Resampling.LANCZOS)
-        buf = io.BytesIO()
-        copy.save(buf, "JPEG", quality=quality)
-        data = buf.getvalue()
-        if 4 * ((len(data) + 2) // 3) <= max_base64_bytes or side <= 200:
-            return data
-        side, quality = int(side * 0.8), max(70, quality - 5)
-
-
-@dataclass
-class Prepared:
-    row: Row
-    id_num: str
-    name: str
-    image: bytes
-    request_ids: list[str]
-    request_hash: bytes
-
-
-def prepare_row(row: Row, settings: Settings) -> Prepared:
-    """Check a row as the API checks a reg request and read its image; FaceLibError if bad."""
-    if not row.id_num:
-        raise _field_error(E.PARAM_MISSING, "idNum")
-    id_num = normalize_id_num(row.id_num)
-    if not is_valid_id_num(id_num):
-        raise FaceLibError(E.IDNUM_INVALID, data={"field": "idNum"})
-    if not row.name:
-        raise _field_error(E.PARAM_MISSING, "name")
-    if len(row.name) > 100:
-        raise _field_error(E.PARAM_INVALID, "name", "name: longer than 100 characters")
-    if not row.person_type:
-        raise _field_error(E.PARAM_MISSING, "personType")
-    if row.person_type not in PERSON_TYPES:
-        raise _field_error(E.PARAM_INVALID, "personType", f"personType: not one of {PERSON_TYPES}")
-    if row.customer_id is not None and len(row.customer_id) > 64:
-        raise _field_error(E.PARAM_INVALID, "customerID", "customerID: longer than 64 characters")
-    if row.image is None:
-        raise _field_error(E.PARAM_MISSING, "image")
-    try:
-        raw = row.image.read_bytes()
-    except OSError:
-        raise _field_error(E.PARAM_INVALID, "image", "image: file cannot be read") from None
-    if len(raw) < 16:
-        raise FaceLibError(E.IMAGE_UNDECODABLE, detail="image data too short")
-    image = fit_base64_limit(raw, settings.max_base64_bytes)
-    b64 = base64.b64encode(image).decode()
-    # the body the API would have received, hashed as the API hashes it (api/persons.py)
-    body = {
-        "idNum": id_num,
-        "name": row.name,
-        "personType": row.person_type,
-        "customerID": row.customer_id,
-        "faceImage": {"type": "image", "origin": "self", "data": b64},
-    }
-    request_ids = persons.bulk_request_ids(settings, id_num, hashlib.sha256(image).digest())
-    return Prepared(row, id_num, row.name, image, request_ids, request_hash(body))
-
-
-# --- the run -------------------------------------------------------------------------------------
 
 
 class BulkEnrolment:
@@ -408,29 +217,10 @@ class BulkEnrolment:
         return self.summary
 
 
-def write_report(path: Path, failures: list[Failure]) -> None:
-    """The rows not enrolled: line, masked idNum, image, errcode, errmsg, taskId."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(REPORT_COLUMNS)
-        for fail in sorted(failures, key=lambda x: x.row.line):
-            id_num = fail.row.id_num
-            writer.writerow(
-                [
-                    fail.row.line,
-                    crypto.mask_id_num(id_num) if len(id_num) >= 6 else "",
-                    str(fail.row.image or ""),
-                    fail.errcode,
-                    fail.errmsg,
-                    fail.task_id,
-                ]
-            )
-
-
 def use_local_stack(home: Path) -> None:
     """Without DATABASE_URL / REDIS_URL, talk to the embedded servers `facelib up` runs from
     `home` (it must be running: its workers do the enrolment)."""
+    # CLI process wiring: `facelib bulk` and `facelib reindex` set this process's environment
     import os
 
     if not os.environ.get("DATABASE_URL"):
