@@ -80,9 +80,10 @@ class DatabaseCollector:
             "facelib_callback_deliveries", "Callback deliveries by status", labels=["status"]
         )
         with transaction() as conn:
-            for r in db.ops.finished_jobs_by_outcome(conn):
+            counts = db.ops.metric_counts(conn)
+            for r in counts["finished_jobs"]:
                 jobs.add_metric([r["kind"], str(r["errcode"])], r["n"])
-            for r in db.ops.open_jobs(conn):
+            for r in counts["open_jobs"]:
                 running.add_metric([r["status"]], r["n"])
             for stage in db.ops.JOB_STAGES:
                 r = db.ops.stage_histogram(conn, stage, STAGE_BUCKETS)
@@ -96,9 +97,9 @@ class DatabaseCollector:
                     sum_value=r["s"],
                 )
                 stages[stage] = fam
-            for r in db.ops.callback_attempts_by_outcome(conn):
+            for r in counts["callback_attempts"]:
                 callbacks.add_metric([r["o"]], r["n"])
-            for r in db.ops.deliveries_by_status(conn):
+            for r in counts["deliveries"]:
                 deliveries.add_metric([r["status"]], r["n"])
         depth = GaugeMetricFamily("facelib_queue_depth", "Messages waiting", labels=["queue"])
         for queue in (QUEUE_FACES, QUEUE_CALLBACKS):

@@ -56,21 +56,25 @@ def purge_expired(
 
 # --- metrics (api/metrics.py reads them at scrape time) -------------------------------------------
 
+# The counters /metrics shows, by name: each a list of rows with a count `n` and its labels.
+_METRIC_COUNTS = {
+    # finished jobs by kind and errcode
+    "finished_jobs": "SELECT kind, errcode, count(*) AS n FROM jobs"
+    " WHERE status IN ('done', 'failed') GROUP BY kind, errcode",
+    # jobs not finished, by status (queued, running)
+    "open_jobs": "SELECT status, count(*) AS n FROM jobs"
+    " WHERE status IN ('queued', 'running') GROUP BY status",
+    # callback attempts by outcome `o`: delivered or failed
+    "callback_attempts": "SELECT CASE WHEN error IS NULL THEN 'delivered' ELSE 'failed' END AS o,"
+    " count(*) AS n FROM callback_attempts GROUP BY 1",
+    # callback deliveries by status
+    "deliveries": "SELECT status, count(*) AS n FROM callback_deliveries GROUP BY status",
+}
 
-def finished_jobs_by_outcome(conn: psycopg.Connection) -> list[dict[str, Any]]:
-    """Finished jobs counted by kind and errcode: kind, errcode, n."""
-    return conn.execute(
-        "SELECT kind, errcode, count(*) AS n FROM jobs WHERE status IN ('done', 'failed')"
-        " GROUP BY kind, errcode"
-    ).fetchall()
 
-
-def open_jobs(conn: psycopg.Connection) -> list[dict[str, Any]]:
-    """Jobs not finished, counted by status (queued, running): status, n."""
-    return conn.execute(
-        "SELECT status, count(*) AS n FROM jobs WHERE status IN ('queued', 'running')"
-        " GROUP BY status"
-    ).fetchall()
+def metric_counts(conn: psycopg.Connection) -> dict[str, list[dict[str, Any]]]:
+    """The counters of /metrics (`_METRIC_COUNTS`): name -> rows (labels and n)."""
+    return {name: conn.execute(query).fetchall() for name, query in _METRIC_COUNTS.items()}
 
 
 def stage_histogram(
@@ -90,18 +94,3 @@ def stage_histogram(
     ).fetchone()
     assert row is not None
     return row
-
-
-def callback_attempts_by_outcome(conn: psycopg.Connection) -> list[dict[str, Any]]:
-    """Callback attempts counted by outcome: o ('delivered' or 'failed'), n."""
-    return conn.execute(
-        "SELECT CASE WHEN error IS NULL THEN 'delivered' ELSE 'failed' END AS o,"
-        " count(*) AS n FROM callback_attempts GROUP BY 1"
-    ).fetchall()
-
-
-def deliveries_by_status(conn: psycopg.Connection) -> list[dict[str, Any]]:
-    """Callback deliveries counted by status: status, n."""
-    return conn.execute(
-        "SELECT status, count(*) AS n FROM callback_deliveries GROUP BY status"
-    ).fetchall()
