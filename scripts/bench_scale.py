@@ -11,9 +11,9 @@ within-person variation; strangers are fresh draws, never enrolled. Ground truth
 (numpy, in chunks): recall@1 is whether the repository's nearest face is the true nearest one
 (for genuine probes, in practice the face the probe was made from).
 
-The faces go in through the repository's bulk path (`db.faces.add_faces_bulk`, binary COPY) with the
-search index dropped, then the index is built once (`db.search.build_search_index`, as
-`facelib reindex --offline`). Searches run through `db.search.nearest_faces` with the service's
+The faces go in through the repository's bulk path (`db.faces.add_faces_bulk`, binary COPY)
+with the search index dropped, then the index is built once (`db.search.build_search_index`,
+as `facelib reindex --offline`). Searches run through `db.search.nearest_faces` with the service's
 settings (ef_search growing with the library), and recognition through
 `recognition.recognition_result` (counts, search, score and the gallery-mode decision).
 A filtered search (a library holding 10% of the persons, beyond FACELIB_EXACT_SEARCH_MAX, so
