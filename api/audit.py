@@ -18,7 +18,7 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 
-from shared import repo
+from shared import db
 from shared.db import transaction
 from shared.queue import get_redis
 
@@ -51,7 +51,7 @@ def _forget_unenrolled_hourly() -> None:
         if not get_redis().set("facelib-audit-forget", 1, nx=True, ex=3600):
             return
         with transaction() as conn:
-            conn.execute("SELECT audit_forget_unenrolled(%s::interval)", (BLIND_REF_GRACE,))
+            db.audit.forget_unenrolled(conn, BLIND_REF_GRACE)
     except Exception as exc:  # noqa: BLE001 - the next hour tries again
         log.error("audit blind-index purge failed: %s", type(exc).__name__)
 
@@ -99,7 +99,7 @@ def init_app(app: Flask) -> None:
         row = _row(errcode, resp.status_code, task_id)
         try:
             with transaction() as conn:
-                repo.add_audit_row(conn, **row)
+                db.audit.write_row(conn, **row)
         except Exception as exc:  # noqa: BLE001 - auditing must not break the answer
             log.error("audit row not written: %s", type(exc).__name__)
         return resp

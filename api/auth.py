@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from flask import g, request
 
 from api.extensions import checked_limit, client_key, limiter, spend
-from shared import repo
+from shared import db
 from shared.db import transaction
 from shared.errors import E, FaceLibError
 from shared.settings import get_settings
@@ -40,7 +40,7 @@ def authenticated_client(token: str) -> dict:
     address (branches share NAT) are never held back by them."""
     try:
         with transaction() as conn:
-            return repo.authenticate(conn, token)
+            return db.clients.authenticate(conn, token)
     except FaceLibError:
         spend(get_settings().unauth_rate_limit, f"unauth-ip:{request.remote_addr}")
         raise

@@ -27,7 +27,7 @@ from api.schemas import (
     load_with_id_num,
     person_types,
 )
-from shared import crypto, repo
+from shared import crypto, db
 from shared.callbacks import callback_url_problem
 from shared.db import transaction
 from shared.errors import ERRCODES, E, FaceLibError
@@ -131,7 +131,7 @@ def register() -> Response:
     }
 
     with transaction() as conn:
-        libraries = repo.library_ids(conn, params["libIds"] or ["default"])
+        libraries = db.libraries.library_ids(conn, params["libIds"] or ["default"])
     submit = functools.partial(
         submit_registration, id_num=id_num, person=person, library_ids=libraries
     )
@@ -154,7 +154,7 @@ def recognize() -> Response:
     }
     if params["libIds"]:
         with transaction() as conn:
-            meta["libraryIds"] = repo.library_ids(conn, params["libIds"])
+            meta["libraryIds"] = db.libraries.library_ids(conn, params["libIds"])
     return _submit_and_answer(params, body, meta, functools.partial(_submit_job, "recognize"))
 
 
@@ -166,7 +166,7 @@ def verify() -> Response:
     body = json_body()
     params, id_num = load_with_id_num(VerifySchema(), body)
     with transaction() as conn:
-        person = repo.find_person(conn, get_settings(), id_num)
+        person = db.persons.find_person(conn, get_settings(), id_num)
     # A client that may not read persons must not learn whether an idNum is enrolled: for it an
     # unknown idNum runs the same job and answers exactly as a face that does not match
     # (isMatch "false", no score); clients with person:read get 5001.

@@ -2,7 +2,7 @@
 
 `POST /tech/file/upload` takes `multipart/form-data` (field `file`) or JSON `{"data": base64}`,
 checks the image, turns it upright, downscales it to FACELIB_UPLOAD_MAX_SIDE and re-encodes it
-as JPEG (shared/filestore.py) and answers its `path` (`<sha256>.jpg`), the value clients send as
+as JPEG (shared/files/uploads.py) and answers its `path` (`<sha256>.jpg`), the value clients send as
 faceImage.data with origin fds. Download and delete answer only the client that uploaded the
 file; a path of any other form (../, /etc/passwd, encoded variants) is refused with 2002 before
 anything is looked up, and an unknown one gets 3008. All three need the `file:write` scope.
@@ -25,7 +25,8 @@ from api.schemas import (
     json_body,
 )
 from shared.errors import E, FaceLibError
-from shared.filestore import CONTENT_TYPE, checked_path, delete_file, read_file, store_upload
+from shared.files.stores import CONTENT_TYPE
+from shared.files.uploads import checked_path, delete_file, read_file, store_upload
 from shared.settings import get_settings
 
 bp = Blueprint("files", __name__, url_prefix="/tech/file")

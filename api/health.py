@@ -13,6 +13,7 @@ from flask import Blueprint, Response
 
 from api.envelope import respond
 from api.schemas import LiveData, ReadyData, documented
+from shared import db
 from shared.db import transaction
 from shared.errors import E
 from shared.queue import get_celery
@@ -55,7 +56,7 @@ def ready() -> Response:
     checks: dict[str, str] = {}
     try:
         with transaction() as conn:
-            conn.execute("SELECT 1")
+            db.ops.ping(conn)
         checks["database"] = "ok"
     except Exception as exc:  # noqa: BLE001 - report, don't raise
         checks["database"] = f"down: {type(exc).__name__}"

@@ -15,7 +15,7 @@ from api.schemas import (
     json_body,
     load,
 )
-from shared import repo
+from shared import db
 from shared.db import transaction
 from shared.errors import E, FaceLibError
 
@@ -28,7 +28,7 @@ bp = Blueprint("libraries", __name__, url_prefix="/tech/ai/face/faceLib/library"
 def create_library() -> Response:
     params = load(LibrarySchema(), json_body())
     with transaction() as conn:
-        row = repo.create_library(conn, params["libId"], params["name"], g.client["id"])
+        row = db.libraries.create_library(conn, params["libId"], params["name"], g.client["id"])
     return respond({"libId": row["lib_id"], "name": row["name"]})
 
 
@@ -37,7 +37,7 @@ def create_library() -> Response:
 @documented(data=LibraryListData)
 def list_libraries() -> Response:
     with transaction() as conn:
-        rows = repo.list_libraries(conn)
+        rows = db.libraries.list_libraries(conn)
     return respond(
         {
             "items": [
@@ -54,7 +54,7 @@ def delete_library() -> Response:
     body = json_body()
     params = load(LibrarySchema(), body)
     with transaction() as conn:
-        if not repo.delete_library(conn, params["libId"]):
+        if not db.libraries.delete_library(conn, params["libId"]):
             raise FaceLibError(
                 E.PARAM_INVALID, detail="libId: no such library", data={"field": "libId"}
             )

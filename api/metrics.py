@@ -27,6 +27,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from api.auth import require_scope
 from api.schemas import documented
+from shared import db
 from shared.db import transaction
 from shared.queue import QUEUE_CALLBACKS, QUEUE_FACES, get_redis
 from shared.settings import get_settings
@@ -78,25 +79,13 @@ class DatabaseCollector:
             "facelib_callback_deliveries", "Callback deliveries by status", labels=["status"]
         )
         with transaction() as conn:
-            for r in conn.execute(
-                "SELECT kind, errcode, count(*) AS n FROM jobs WHERE status IN ('done', 'failed')"
-                " GROUP BY kind, errcode"
-            ):
+            counts = db.ops.metric_counts(conn)
+            for r in counts["finished_jobs"]:
                 jobs.add_metric([r["kind"], str(r["errcode"])], r["n"])
-            for r in conn.execute(
-                "SELECT status, count(*) AS n FROM jobs WHERE status IN ('queued', 'running')"
-                " GROUP BY status"
-            ):
+            for r in counts["open_jobs"]:
                 running.add_metric([r["status"]], r["n"])
-            bucket_sql = ", ".join(
-                f"count(*) FILTER (WHERE v <= {b}) AS b{i}" for i, b in enumerate(STAGE_BUCKETS)
-            )
-            for stage in ("queue_wait", "decode", "detect", "landmarks", "embed", "db", "total"):
-                r = conn.execute(
-                    f"SELECT count(*) AS n, coalesce(sum(v), 0) AS s, {bucket_sql} FROM ("  # noqa: S608 - fixed names
-                    f" SELECT (timings->>'{stage}')::float8 AS v FROM jobs"
-                    f" WHERE timings ? '{stage}') t"
-                ).fetchone()
+            for stage in db.ops.JOB_STAGES:
+                r = db.ops.stage_histogram(conn, stage, STAGE_BUCKETS)
                 fam = HistogramMetricFamily(
                     f"facelib_job_{stage}_seconds", f"Job stage duration: {stage}"
                 )
@@ -107,14 +96,9 @@ class DatabaseCollector:
                     sum_value=r["s"],
                 )
                 stages[stage] = fam
-            for r in conn.execute(
-                "SELECT CASE WHEN error IS NULL THEN 'delivered' ELSE 'failed' END AS o,"
-                " count(*) AS n FROM callback_attempts GROUP BY 1"
-            ):
+            for r in counts["callback_attempts"]:
                 callbacks.add_metric([r["o"]], r["n"])
-            for r in conn.execute(
-                "SELECT status, count(*) AS n FROM callback_deliveries GROUP BY status"
-            ):
+            for r in counts["deliveries"]:
                 deliveries.add_metric([r["status"]], r["n"])
         depth = GaugeMetricFamily("facelib_queue_depth", "Messages waiting", labels=["queue"])
         for queue in (QUEUE_FACES, QUEUE_CALLBACKS):

@@ -32,7 +32,7 @@ from api.schemas import (
     load,
     load_with_id_num,
 )
-from shared import persons, repo
+from shared import db, persons
 from shared.db import transaction
 from shared.errors import E, FaceLibError
 from shared.settings import get_settings
@@ -111,7 +111,7 @@ def _lookup(conn: Any, id_num: str) -> dict[str, Any]:
     """The person with this idNum, or 5001; the audit row points at them (p:<id>) only once
     found: a lookup of an idNum that is not enrolled (or was erased) leaves no blind index."""
     settings = get_settings()
-    person = persons.find_person_summary(conn, settings, id_num)
+    person = db.persons.find_person_summary(conn, settings, id_num)
     if person is None:
         raise FaceLibError(E.PERSON_NOT_FOUND)
     g.audit_person_ref = f"p:{person['id']}"
@@ -126,7 +126,7 @@ def get_person() -> Response:
     _, id_num = load_with_id_num(PersonLookupSchema(), json_body())
     with transaction() as conn:
         person = _lookup(conn, id_num)
-        data = {"idNum": repo.decrypt_id_num(get_settings(), person), **_person_data(person)}
+        data = {"idNum": db.persons.decrypt_id_num(get_settings(), person), **_person_data(person)}
     return respond(data)
 
 
@@ -148,14 +148,14 @@ def update_person() -> Response:
     settings = get_settings()
     with transaction() as conn:
         person = _lookup(conn, id_num)
-        persons.update_person(
+        db.persons.update_person(
             conn,
             person["id"],
             name=name,
             person_type=params["personType"],
             customer_id=params["customerID"],
         )
-        person = persons.find_person_summary(conn, settings, id_num)
+        person = db.persons.find_person_summary(conn, settings, id_num)
     assert person is not None
     return respond(_person_data(person))
 
@@ -169,7 +169,7 @@ def delete_person() -> Response:
     # the audit row of an erasure does not point at the person it erased: it records who and when
     settings = get_settings()
     with transaction() as conn:
-        person = persons.find_person_summary(conn, settings, id_num)
+        person = db.persons.find_person_summary(conn, settings, id_num)
         erased = persons.erase_person(conn, settings, person["id"]) if person else None
     if erased is None:
         raise FaceLibError(E.PERSON_NOT_FOUND)
@@ -183,7 +183,7 @@ def list_persons() -> Response:
     """Persons page by page, filtered by personType, customerID, name prefix, creation range."""
     params = load(PersonListSchema(), json_body())
     with transaction() as conn:
-        rows, total = persons.list_persons(
+        rows, total = db.persons.list_persons(
             conn,
             person_type=params["personType"],
             customer_id=params["customerID"],
@@ -211,7 +211,7 @@ def list_faces() -> Response:
     _, id_num = load_with_id_num(PersonLookupSchema(), json_body())
     with transaction() as conn:
         person = _lookup(conn, id_num)
-        faces = persons.list_faces(conn, person["id"])
+        faces = db.faces.list_faces(conn, person["id"])
     return respond({"personId": person["id"], "faces": [_face_data(f) for f in faces]})
 
 
@@ -225,7 +225,7 @@ def delete_face() -> Response:
         face = persons.delete_face(conn, params["faceId"])
         if face is None:
             raise FaceLibError(E.PERSON_NOT_FOUND, errmsg="face not found")
-        left = repo.count_faces(conn, face["person_id"])
+        left = db.faces.count_faces(conn, face["person_id"])
     g.audit_person_ref = f"p:{face['person_id']}"
     return respond(
         {"faceId": face["id"], "personId": face["person_id"], "deleted": "true", "facesLeft": left}

@@ -14,7 +14,7 @@ from api.schemas import (
     documented,
     load,
 )
-from shared import repo
+from shared import db
 from shared.db import transaction
 from shared.errors import E, FaceLibError
 from shared.jobs import job_envelope
@@ -41,9 +41,9 @@ def _delivery_json(row: dict) -> dict:
 def get_task(task_id: str) -> Response:
     """Status of a job; once finished, `result` holds the envelope the sync call would give."""
     with transaction() as conn:
-        job = repo.get_job(conn, task_id, g.client["id"])
+        job = db.jobs.get_job(conn, task_id, g.client["id"])
         result = job_envelope(conn, job) if job and job["status"] in ("done", "failed") else None
-        delivery = repo.delivery_for_job(conn, job["id"]) if job else None
+        delivery = db.deliveries.delivery_for_job(conn, job["id"]) if job else None
     if job is None:
         raise FaceLibError(E.TASK_NOT_FOUND)
     data = {
@@ -69,7 +69,7 @@ def list_callbacks() -> Response:
     """This client's callback deliveries, newest first; `?status=dead` for the dead letters."""
     params = load(CallbackQuery(), request.args.to_dict())
     with transaction() as conn:
-        rows = repo.list_deliveries(
+        rows = db.deliveries.list_deliveries(
             conn, g.client["id"], params.get("status"), params.get("limit", 50)
         )
     items = [_delivery_json(r) for r in rows]
@@ -82,7 +82,7 @@ def list_callbacks() -> Response:
 def replay_callback(delivery_id: int) -> Response:
     """Send a dead-lettered (or already delivered) callback again, with a fresh retry series."""
     with transaction() as conn:
-        ok = repo.replay_delivery(conn, delivery_id, g.client["id"])
+        ok = db.deliveries.replay_delivery(conn, delivery_id, g.client["id"])
     if not ok:
         raise FaceLibError(E.CALLBACK_NOT_FOUND)
     from shared.queue import TASK_DELIVER_CALLBACK, get_celery

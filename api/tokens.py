@@ -8,7 +8,7 @@ from marshmallow import EXCLUDE, Schema, fields, validate
 from api.envelope import respond
 from api.extensions import exhausted, spend
 from api.schemas import TokenData, documented, json_body, load
-from shared import crypto, repo
+from shared import crypto, db
 from shared.db import transaction
 from shared.errors import E, FaceLibError
 from shared.settings import get_settings
@@ -41,8 +41,10 @@ def issue_token() -> Response:
         raise FaceLibError(E.RATE_LIMITED, data={"retryAfter": retry})
     try:
         with transaction() as conn:
-            client = repo.client_by_credentials(conn, params["clientKey"], params["clientSecret"])
-            issued = repo.issue_token(conn, client["id"], settings.token_ttl_seconds)
+            client = db.clients.client_by_credentials(
+                conn, params["clientKey"], params["clientSecret"]
+            )
+            issued = db.clients.issue_token(conn, client["id"], settings.token_ttl_seconds)
     except FaceLibError:
         spend(settings.token_key_rate_limit, key)
         raise

@@ -100,19 +100,19 @@ def _measuring() -> bool:
 # hand lacks are skipped (the table then simply has no row for them).
 STAGES = [
     ("api.auth", "authenticated_client"),
-    ("shared.repo", "authenticate"),
-    ("api.persons", "json_body"),
-    ("api.persons", "load"),
-    ("api.persons", "decode_self_image"),
-    ("api.persons", "check_image_ref"),
-    ("api.persons", "queue_depth"),
-    ("api.persons", "request_hash"),
-    ("api.persons", "submit_job"),
-    ("shared.repo", "create_job"),
-    ("shared.repo", "add_audit_row"),
+    ("shared.db.clients", "authenticate"),
+    ("api.faces", "json_body"),
+    ("api.faces", "load"),
+    ("api.faces", "decode_self_image"),
+    ("api.faces", "check_image_ref"),
+    ("api.faces", "queue_depth"),
+    ("api.faces", "request_hash"),
+    ("api.faces", "submit_job"),
+    ("shared.db.jobs", "create_job"),
+    ("shared.db.audit", "write_row"),
     ("shared.jobs", "send_job"),
-    ("api.persons", "respond"),
-    ("shared.db", "_connection"),
+    ("api.faces", "respond"),
+    ("shared.db.pool", "_connection"),
 ]
 
 
@@ -572,7 +572,7 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear script
     args = ap.parse_args()
 
     from shared.cli import api_command
-    from shared.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+    from shared.cli.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 
     base = Path(tempfile.mkdtemp(prefix="bench-accept-"))
     logs = base / "logs"
@@ -627,12 +627,12 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear script
         (base / "prometheus").mkdir()
         os.environ.update({k: env[k] for k in ("DATABASE_URL", "REDIS_URL") if k in env})
         os.environ.update({k: v for k, v in env.items() if k.startswith("FACELIB_")})
-        from shared.migrate import apply_migrations
+        from shared.db.migrate import apply_migrations
         from shared.settings import get_settings
 
         get_settings.cache_clear()
         apply_migrations(database_url)
-        from shared import repo
+        from shared.db import clients as repo
 
         with psycopg.connect(database_url, autocommit=False) as conn:
             from psycopg.rows import dict_row

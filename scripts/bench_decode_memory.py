@@ -3,7 +3,7 @@ shared/imaging.py's bytes-per-pixel table (FACELIB_MAX_DECODE_BYTES).
 
 Each case runs in a fresh process: it builds a flat W x W image (it compresses to a few KB, as
 an attacker's would), then decodes it once through the engine's decoder
-(worker/engine/decode.py) or the upload re-encoder (shared/filestore.py) with the budget off,
+(worker/engine/decode.py) or the upload re-encoder (shared/files/uploads.py) with the budget off,
 and reports the growth of the process's peak RSS (VmHWM) over pixels, next to the estimate
 the budget uses. Then it shows what the default budget does with the audit's image: a 16-bit
 greyscale PNG of 4990 x 4990.
@@ -48,7 +48,7 @@ def peak():
 sys.path.insert(0, sys.argv[3])
 from shared.imaging import decode_cost, open_checked
 from worker.engine.decode import decode_image
-from shared.filestore import prepare_upload
+from shared.files.uploads import prepare_upload
 data = open(sys.argv[1], "rb").read()
 with open_checked(data, max_pixels=10**12, min_side=1) as header:
     estimate = decode_cost(header)

@@ -11,9 +11,9 @@ within-person variation; strangers are fresh draws, never enrolled. Ground truth
 (numpy, in chunks): recall@1 is whether the repository's nearest face is the true nearest one
 (for genuine probes, in practice the face the probe was made from).
 
-The faces go in through the repository's bulk path (`repo.add_faces_bulk`, binary COPY) with the
-search index dropped, then the index is built once (`repo.build_search_index`, as
-`facelib reindex --offline`). Searches run through `repo.nearest_faces` with the service's
+The faces go in through the repository's bulk path (`db.faces.add_faces_bulk`, binary COPY)
+with the search index dropped, then the index is built once (`db.search.build_search_index`,
+as `facelib reindex --offline`). Searches run through `db.search.nearest_faces` with the service's
 settings (ef_search growing with the library), and recognition through
 `recognition.recognition_result` (counts, search, score and the gallery-mode decision).
 A filtered search (a library holding 10% of the persons, beyond FACELIB_EXACT_SEARCH_MAX, so
@@ -230,8 +230,8 @@ def main() -> None:
     from pgvector.psycopg import register_vector
     from psycopg.rows import dict_row
 
-    from shared import recognition, repo
-    from shared.migrate import apply_migrations
+    from shared import db, recognition
+    from shared.db.migrate import apply_migrations
     from shared.settings import get_settings
 
     get_settings.cache_clear()
@@ -244,12 +244,12 @@ def main() -> None:
             k: conn.execute(f"SHOW {k}").fetchone()[k]
             for k in ("shared_buffers", "effective_cache_size", "maintenance_work_mem")
         }
-        client = repo.create_client(conn, "bench-scale", scopes=["admin"])
-        default = repo.library_ids(conn, ["default"])
-        branch = [repo.create_library(conn, "bench-branch", "10%", client["id"])["id"]]
+        client = db.clients.create_client(conn, "bench-scale", scopes=["admin"])
+        default = db.libraries.library_ids(conn, ["default"])
+        branch = [db.libraries.create_library(conn, "bench-branch", "10%", client["id"])["id"]]
 
         # load: index dropped, faces by the bulk path in transactions of BATCH, index built once
-        repo.drop_search_index(conn)
+        db.search.drop_search_index(conn)
         face_ids = np.zeros(n, dtype=np.int64)
         t0 = time.perf_counter()
         for b, s in enumerate(range(0, n, BATCH)):
@@ -267,7 +267,7 @@ def main() -> None:
             ]
             libs = default + (branch if b % BRANCH_EVERY == 0 else [])
             with conn.transaction():
-                ids = repo.add_faces_bulk(
+                ids = db.faces.add_faces_bulk(
                     conn,
                     settings,
                     items,
@@ -283,7 +283,7 @@ def main() -> None:
         real_ids = []
         if real:
             with conn.transaction():
-                real_ids = repo.add_faces_bulk(
+                real_ids = db.faces.add_faces_bulk(
                     conn,
                     settings,
                     [
@@ -304,8 +304,8 @@ def main() -> None:
         load_seconds = time.perf_counter() - t0
         conn.execute("VACUUM ANALYZE faces")
         t0 = time.perf_counter()
-        partitions = repo.partitions_for(n, settings.search_partition_faces)
-        index_bytes = repo.build_search_index(
+        partitions = db.search.partitions_for(n, settings.search_partition_faces)
+        index_bytes = db.search.build_search_index(
             conn,
             m=settings.hnsw_m,
             ef_construction=settings.hnsw_ef_construction,
@@ -320,7 +320,7 @@ def main() -> None:
 
         def search(probe, **kw):
             with conn.transaction():
-                rows = repo.nearest_faces(
+                rows = db.search.nearest_faces(
                     conn, probe, limit=recognition.CANDIDATES, ef_search=settings.hnsw_ef_search,
                     **kw,
                 )  # fmt: skip
@@ -348,7 +348,7 @@ def main() -> None:
 
         def count(filters):
             with conn.transaction():
-                return repo.count_gallery(conn, **filters)
+                return db.search.count_gallery(conn, **filters)
 
         counted, c_lat = timed(count, [{}] * 500 + [{"library_ids": branch}] * 500)
 
@@ -358,7 +358,7 @@ def main() -> None:
 
         r_out, r_lat = timed(recognise, genuine)
         match_rate = float(np.mean([r["isMatch"] == "true" for r in r_out]))
-        ef_used = repo.search_ef(
+        ef_used = db.search.search_ef(
             settings.hnsw_ef_search,
             -(-n // partitions),
             settings.hnsw_ef_per_million,
@@ -369,7 +369,7 @@ def main() -> None:
             ("faces in the library", f"{n:,} (+{len(real_ids)} real)"),
             ("search settings", f"HNSW halfvec, {partitions} partition(s), m={settings.hnsw_m}, "
              f"ef_construction={settings.hnsw_ef_construction}, ef_search={ef_used}, "
-             f"re-rank {max(recognition.CANDIDATES, repo.RERANK_MIN)} exact"),
+             f"re-rank {max(recognition.CANDIDATES, db.search.RERANK_MIN)} exact"),
             ("recall@1, genuine probes", f"{recall(g_found, truth_g):.3f} ({len(genuine)})"),
             ("recall@1, strangers (nearest = brute-force nearest)",
              f"{recall(s_found, truth_s):.3f} ({len(strangers)})"),
@@ -387,7 +387,7 @@ def main() -> None:
              ", ".join(f"{who}: {'yes' if f == i else 'NO'}"
                        for (who, _, _), f, i in zip(real, real_found, real_ids, strict=True))
              or "fixtures absent"),
-            ("load through repo.add_faces_bulk", f"{load_seconds:.0f} s ({n / load_seconds:,.0f} faces/s)"),
+            ("load through db.faces.add_faces_bulk", f"{load_seconds:.0f} s ({n / load_seconds:,.0f} faces/s)"),
             ("index build", f"{build_seconds:.0f} s"),
             ("load + index build", f"{(load_seconds + build_seconds) / 60:.1f} min"),
             ("index size / table size", f"{index_bytes / 2**20:.0f} MB / {table_bytes / 2**20:.0f} MB"),
@@ -408,7 +408,7 @@ def main() -> None:
 
                 def fixed(p, ef=ef):
                     with conn.transaction():
-                        r = repo.nearest_faces(
+                        r = db.search.nearest_faces(
                             conn,
                             p,
                             limit=recognition.CANDIDATES,

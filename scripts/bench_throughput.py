@@ -44,7 +44,7 @@ STAGES: dict[tuple[str, int], dict[str, float]] = {}
 
 
 def run(backend: str, workers: int, jobs: int, env: dict[str, str]) -> float:
-    from shared import crypto, repo
+    from shared import crypto, db
     from shared.cli import worker_command
     from shared.db import transaction
     from shared.idnum import make_id_num
@@ -60,8 +60,10 @@ def run(backend: str, workers: int, jobs: int, env: dict[str, str]) -> float:
     )
     try:
         with transaction() as conn:
-            client = repo.get_client_by_name(conn, "bench") or repo.create_client(conn, "bench")
-            libs = repo.library_ids(conn, ["default"])
+            client = db.clients.get_client_by_name(conn, "bench") or db.clients.create_client(
+                conn, "bench"
+            )
+            libs = db.libraries.library_ids(conn, ["default"])
         # warm-up: one job per process so model loading is not timed
         ids = []
         started = None
@@ -74,7 +76,7 @@ def run(backend: str, workers: int, jobs: int, env: dict[str, str]) -> float:
             id_num = make_id_num("110105", __import__("datetime").date(1980, 1, 1), i)
             image = images[i % len(images)]
             with transaction() as conn:
-                job, _ = repo.create_job(
+                job, _ = db.jobs.create_job(
                     conn,
                     kind="register",
                     client_id=client["id"],
@@ -138,7 +140,7 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2")
     args = ap.parse_args()
     from shared.cli.embedded import EmbeddedPostgres, EmbeddedRedis
-    from shared.migrate import apply_migrations
+    from shared.db.migrate import apply_migrations
 
     tmp = Path(tempfile.mkdtemp(prefix="facelib-bench-"))
     pg, rd = EmbeddedPostgres(tmp / "pg"), EmbeddedRedis(tmp / "redis")

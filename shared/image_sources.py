@@ -1,5 +1,5 @@
 """Where a job's image bytes come from: `self` (base64 sent in the request, stored with the
-job), `fds` (the file server, shared/filestore.py) or `uri` (a URL fetched by the worker under
+job), `fds` (the file server, shared/files/) or `uri` (a URL fetched by the worker under
 the policy of shared/safe_fetch.py).
 
 `check_image_ref` is the API's cheap check at submission (no I/O: the form of an fds path or of
@@ -19,7 +19,7 @@ def check_image_ref(origin: str, data: str) -> None:
     """Refuse at submission what can never work: a malformed fds path (2002) or a URL whose
     form the fetch policy refuses (3007). No DNS, no database, no file access."""
     if origin == "fds":
-        from shared.filestore import checked_path
+        from shared.files.uploads import checked_path
 
         checked_path(data, "faceImage.data")
     elif origin == "uri":
@@ -51,7 +51,7 @@ def load_image(origin: str, data: bytes | None, ref: str | None, *, client_id: i
             raise FaceLibError(E.INTERNAL, detail="job has no image")
         return bytes(data)
     if origin == "fds":
-        from shared.filestore import checked_path, read_file
+        from shared.files.uploads import checked_path, read_file
 
         _, raw = read_file(client_id, checked_path(ref or "", "faceImage.data"))
         return raw

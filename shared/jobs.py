@@ -23,7 +23,7 @@ import psycopg
 import redis
 from psycopg_pool import PoolTimeout
 
-from shared import crypto, repo
+from shared import crypto, db
 from shared.db import transaction
 from shared.errors import E, FaceLibError
 from shared.queue import (
@@ -70,9 +70,9 @@ def submit_job(
     """
     fields.setdefault("send_timeout_seconds", get_settings().job_send_timeout_seconds)
     with transaction() as conn:
-        job, created = repo.create_job(**fields, conn=conn)
+        job, created = db.jobs.create_job(**fields, conn=conn)
         if audit is not None:
-            repo.add_audit_row(conn, **audit(job, created))
+            db.audit.write_row(conn, **audit(job, created))
     if created:
         interactive = fields.get("meta", {}).get("async") is False
         send_job(str(job["id"]), job["kind"], interactive)
@@ -148,7 +148,7 @@ def wait_for_job(job_id: str, client_id: int, timeout: float) -> dict[str, Any]:
         while True:
             try:
                 with transaction() as conn:
-                    job = repo.get_job(conn, job_id, client_id)
+                    job = db.jobs.get_job(conn, job_id, client_id)
             except (psycopg.Error, PoolTimeout) as exc:
                 log.warning(
                     "job %s: database unavailable while waiting (%s)", job_id, type(exc).__name__

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from shared import repo
+from shared import db
 from shared.errors import E, FaceLibError
 from shared.score import false_match_rate, format_score, score_from_distance
 from shared.settings import Settings
@@ -71,11 +71,11 @@ def recognition_result(
     model = deciding_model(settings)
     meta = job["request_meta"] or {}
     filters = {"library_ids": meta.get("libraryIds"), "person_types": meta.get("personTypes")}
-    gallery_faces = repo.count_gallery(conn, **filters)
+    gallery_faces = db.search.count_gallery(conn, **filters)
     if gallery_faces == 0:
         raise FaceLibError(E.LIBRARY_EMPTY)
     filtered = bool(filters["library_ids"] or filters["person_types"])
-    rows = repo.nearest_faces(
+    rows = db.search.nearest_faces(
         conn,
         embedding,
         limit=CANDIDATES,
@@ -113,7 +113,7 @@ def verification_result(
     distance = (
         None
         if person_id is None
-        else repo.person_distance(conn, int(person_id), embedding, model=model)
+        else db.search.person_distance(conn, int(person_id), embedding, model=model)
     )
     conceal = bool(meta.get("concealAbsence"))
     if distance is None:
@@ -145,7 +145,7 @@ def duplicate_of(
     7.5% of distinct LFW people were flagged once 3,959 were enrolled).
     """
     model = deciding_model(settings)
-    rows = repo.nearest_faces(
+    rows = db.search.nearest_faces(
         conn,
         embedding,
         limit=1,
@@ -159,7 +159,7 @@ def duplicate_of(
     score = score_from_distance(distance, model)
     if score < settings.duplicate_score:
         return None
-    if false_match_rate(distance, repo.count_faces(conn), model) > settings.gallery_target:
+    if false_match_rate(distance, db.search.library_size(conn), model) > settings.gallery_target:
         return None
     return score
 
@@ -170,12 +170,12 @@ def render_result(conn: psycopg.Connection, settings: Settings, result: dict) ->
     person_id = data.pop(PERSON_REF, None)
     if person_id is None:
         return data
-    person = repo.get_person(conn, person_id)
+    person = db.persons.get_person(conn, person_id)
     if person is None:  # erased since: the match no longer names anyone
         data["isMatch"] = "false"
         return data
     return {
-        "idNum": repo.decrypt_id_num(settings, person),
+        "idNum": db.persons.decrypt_id_num(settings, person),
         "customerID": person["customer_id"],
         "name": person["name"],
         "personType": person["person_type"],

@@ -224,6 +224,9 @@ class Settings:
     # file (docs/onnx-backend.md); None: ~/.cache/facelib. Read here so the engine reads no
     # environment: the worker passes it in through EngineConfig.model_cache_dir.
     model_cache_dir: str | None = field(default_factory=lambda: _env("FACELIB_MODEL_CACHE"))
+    # connections per process in the database pool (shared/db/pool.py); keep it above the API's
+    # threads per process
+    db_pool_size: int = 10
 
 
 def _models() -> tuple[str, ...]:
@@ -434,6 +437,7 @@ def load_settings() -> Settings:
         search_partition_faces=_int("FACELIB_SEARCH_PARTITION_FACES", 250_000),
         hnsw_m=_int("FACELIB_HNSW_M", 32),
         hnsw_ef_construction=_int("FACELIB_HNSW_EF_CONSTRUCTION", 64),
+        db_pool_size=_int("FACELIB_DB_POOL_SIZE", 10),
     )
 
 

@@ -100,19 +100,19 @@ class Stack:
 
     def client(self, name: str | None = None, scopes: list[str] | None = None, **kw: Any) -> dict:
         """A new API client with a token: {'id', 'name', 'token', 'callback_secret'}."""
-        from shared import repo
+        from shared import db
         from shared.db import transaction
 
         name = name or f"client-{secrets.token_hex(4)}"
         with transaction() as conn:
-            c = repo.create_client(
+            c = db.clients.create_client(
                 conn,
                 name,
                 scopes=scopes,
                 callback_url=kw.get("callback_url"),
                 rate_limit=kw.get("rate_limit"),
             )
-            t = repo.issue_token(conn, c["id"], kw.get("ttl", 3600))
+            t = db.clients.issue_token(conn, c["id"], kw.get("ttl", 3600))
         SENSITIVE.update({t["token"], c["client_secret"], c["callback_secret"]})
         return {**c, "token": t["token"]}
 
@@ -305,7 +305,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     from shared.settings import get_settings
 
     get_settings.cache_clear()
-    from shared.migrate import apply_migrations
+    from shared.db.migrate import apply_migrations
 
     apply_migrations(database_url)
 

@@ -7,7 +7,7 @@ second run finds nothing left to purge.
 
 from __future__ import annotations
 
-from shared.filestore import purge_unused_files
+from shared.files.uploads import purge_unused_files
 from shared.settings import get_settings
 from worker.celery_app import app
 

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from shared import repo
+from shared import db
 from shared.db import transaction
 from shared.settings import get_settings
 
@@ -34,7 +34,7 @@ def reembed(
     from shared.models import installed
     from worker.engine import EngineConfig, get_engine
 
-    if model == "dlib" or model not in repo.EMBEDDING_COLUMNS:
+    if model == "dlib" or model not in db.faces.EMBEDDING_COLUMNS:
         raise ValueError(f"--model must be an optional model: {', '.join(_optional())}")
     if installed(model) is None:
         raise RuntimeError(
@@ -52,7 +52,7 @@ def reembed(
     )
     version = engine.versions[model]
     with transaction() as conn:
-        counts = repo.count_missing_embedding(conn, model)
+        counts = db.faces.count_missing_embedding(conn, model)
     total = counts["with_photo"] if limit is None else min(limit, counts["with_photo"])
     progress(
         f"reembed {model}: {counts['missing']} faces lack its vector, {counts['with_photo']}"
@@ -64,7 +64,7 @@ def reembed(
     while limit is None or done + failed < limit:
         size = batch if limit is None else min(batch, limit - done - failed)
         with transaction() as conn:
-            rows = repo.faces_missing_embedding(conn, s, model, after, size)
+            rows = db.faces.faces_missing_embedding(conn, s, model, after, size)
         if not rows:
             break
         vectors = []
@@ -77,7 +77,7 @@ def reembed(
                 progress(f"face {row['id']}: not embedded ({type(exc).__name__})")
         with transaction() as conn:
             for face_id, vector in vectors:
-                done += repo.set_face_embedding(conn, face_id, model, vector, version)
+                done += db.faces.set_face_embedding(conn, face_id, model, vector, version)
         rate = (done + failed) / max(time.monotonic() - started, 1e-9)
         progress(f"reembed {model}: {done + failed}/{total} ({rate:.1f} faces/s)")
     return {
@@ -101,4 +101,4 @@ def _embed(engine, model: str, photo: bytes, box: list[int]):  # noqa: ANN001, A
 
 
 def _optional() -> list[str]:
-    return [m for m in repo.EMBEDDING_COLUMNS if m != "dlib"]
+    return [m for m in db.faces.EMBEDDING_COLUMNS if m != "dlib"]

@@ -20,7 +20,7 @@ import psycopg
 import redis
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 
-from shared import crypto, repo
+from shared import crypto, db
 from shared.callbacks import CallbackPolicy, post_callback
 from shared.db import transaction
 from shared.errors import E, FaceLibError
@@ -137,7 +137,7 @@ def _register(conn: psycopg.Connection, job: dict, inputs: dict, analysis: Analy
     s = get_settings()
     id_num = crypto.decrypt(s.encryption_key, bytes(inputs["id_num_encrypted"]), job["id"].bytes)
     fields = inputs["person"]
-    person = repo.upsert_person(
+    person = db.persons.upsert_person(
         conn,
         s,
         id_num=id_num,
@@ -146,10 +146,10 @@ def _register(conn: psycopg.Connection, job: dict, inputs: dict, analysis: Analy
         customer_id=fields.get("customerID"),
         client_id=job["client_id"],
     )
-    if repo.count_faces(conn, person["id"]) >= s.faces_per_person:
+    if db.faces.count_faces(conn, person["id"]) >= s.faces_per_person:
         raise FaceLibError(E.FACE_LIMIT_REACHED, detail=f"at most {s.faces_per_person}")
     meta = job["request_meta"] or {}
-    repo.add_to_libraries(conn, person["id"], meta.get("libraryIds") or [])
+    db.libraries.add_to_libraries(conn, person["id"], meta.get("libraryIds") or [])
     face = analysis.faces[0]
     result = {"ok": "true"}
     policy = meta.get("duplicatePolicy") or s.duplicate_policy
@@ -159,7 +159,7 @@ def _register(conn: psycopg.Connection, job: dict, inputs: dict, analysis: Analy
             raise FaceLibError(E.DUPLICATE_IDENTITY, detail=f"score {duplicate:.1f}")
         if duplicate is not None:
             result["duplicateWarning"] = "true"
-    added = repo.add_face(
+    added = db.faces.add_face(
         conn,
         person_id=person["id"],
         embedding=face.embedding,
@@ -172,14 +172,14 @@ def _register(conn: psycopg.Connection, job: dict, inputs: dict, analysis: Analy
         image_sha256=hashlib.sha256(image).digest(),
     )
     if added:  # every enabled model's vector, and the photo when kept (docs/models.md)
-        face_id = repo.face_id_for_job(conn, job["id"])
+        face_id = db.faces.face_id_for_job(conn, job["id"])
         assert face_id is not None
         versions = engine().versions
         for name, vector in face.embeddings.items():
-            if name in repo.EMBEDDING_COLUMNS and name != "dlib":
-                repo.set_face_embedding(conn, face_id, name, vector, versions[name])
+            if name in db.faces.EMBEDDING_COLUMNS and name != "dlib":
+                db.faces.set_face_embedding(conn, face_id, name, vector, versions[name])
         if s.keep_enrolment_photos:
-            repo.store_face_photo(conn, s, face_id, image)
+            db.faces.store_face_photo(conn, s, face_id, image)
     return result
 
 
@@ -201,7 +201,7 @@ def _flush_pending_releases() -> None:
     for job_id, resend_after in list(_pending_releases.items()):
         try:
             with transaction() as conn:
-                repo.release_job(conn, job_id, resend_after)
+                db.jobs.release_job(conn, job_id, resend_after)
         except TRANSIENT:
             return
         del _pending_releases[job_id]
@@ -210,7 +210,7 @@ def _flush_pending_releases() -> None:
 
 def _fail(job: dict[str, Any], kind: str, err: FaceLibError, errmsg: str | None = None) -> None:
     with transaction() as conn:
-        delivery = repo.finish_job(
+        delivery = db.jobs.finish_job(
             conn,
             job,
             errcode=err.errcode,
@@ -235,8 +235,8 @@ def run_job(task: Any, job_id: str, kind: str) -> None:
     _flush_pending_releases()
     try:
         with transaction() as conn:
-            outcome, job = repo.claim_job(conn, job_id, _lease_seconds())
-            inputs = repo.load_job_input(conn, job_id) if job is not None else None
+            outcome, job = db.jobs.claim_job(conn, job_id, _lease_seconds())
+            inputs = db.jobs.load_job_input(conn, job_id) if job is not None else None
     except TRANSIENT as exc:
         if task.request.retries >= CLAIM_RETRIES:
             log.warning(
@@ -281,7 +281,7 @@ def run_job(task: Any, job_id: str, kind: str) -> None:
                 result = recognition_result(conn, s, deciding_embedding(analysis), job)
             timings["db"] = time.monotonic() - t
             timings["total"] = time.monotonic() - started
-            delivery = repo.finish_job(
+            delivery = db.jobs.finish_job(
                 conn, job, errcode=0, errmsg="SUCCESS", result=result, timings=timings
             )
         _after_commit(job_id, "done", delivery)
@@ -292,7 +292,7 @@ def run_job(task: Any, job_id: str, kind: str) -> None:
             failure: BaseException = err
         else:
             with transaction() as conn:
-                delivery = repo.finish_job(
+                delivery = db.jobs.finish_job(
                     conn,
                     job,
                     errcode=err.errcode,
@@ -313,7 +313,7 @@ def run_job(task: Any, job_id: str, kind: str) -> None:
     # database is down too, nothing is written: the lease runs out and the sweeper re-sends it.
     if job["failed_attempts"] + 1 >= job["max_attempts"]:
         with transaction() as conn:
-            delivery = repo.finish_job(
+            delivery = db.jobs.finish_job(
                 conn,
                 job,
                 errcode=E.JOB_ATTEMPTS_EXHAUSTED.code,
@@ -327,7 +327,7 @@ def run_job(task: Any, job_id: str, kind: str) -> None:
     try:
         with transaction() as conn:
             # if the retry message below is lost, the send deadline brings the job back
-            repo.release_job(conn, job_id, countdown + s.job_send_timeout_seconds)
+            db.jobs.release_job(conn, job_id, countdown + s.job_send_timeout_seconds)
     except TRANSIENT as exc:
         log.warning("job %s: not released yet (%s)", job_id, type(exc).__name__)
         _pending_releases[job_id] = countdown + s.job_send_timeout_seconds
@@ -359,7 +359,7 @@ def verify_face(self: Any, job_id: str) -> None:
 def deliver_callback(delivery_id: int) -> str | None:
     s = get_settings()
     with transaction() as conn:
-        delivery = repo.claim_delivery(conn, delivery_id)
+        delivery = db.deliveries.claim_delivery(conn, delivery_id)
         if delivery is None:
             return None  # delivered, dead, or being delivered by another worker
         payload = dict(delivery["payload"])
@@ -373,7 +373,7 @@ def deliver_callback(delivery_id: int) -> str | None:
         policy=CallbackPolicy.from_settings(s),
     )
     with transaction() as conn:
-        return repo.record_attempt(
+        return db.deliveries.record_attempt(
             conn,
             delivery,
             http_status=http_status,
@@ -392,8 +392,8 @@ def sweep() -> dict[str, int]:
     s = get_settings()
     _flush_pending_releases()
     with transaction() as conn:
-        jobs = repo.jobs_to_resend(conn, s.job_send_timeout_seconds)
-        deliveries = repo.due_deliveries(
+        jobs = db.jobs.jobs_to_resend(conn, s.job_send_timeout_seconds)
+        deliveries = db.deliveries.due_deliveries(
             conn, stale_after_seconds=2 * s.callback_timeout_seconds + 30
         )
     for job in jobs:
@@ -410,7 +410,7 @@ def purge_expired() -> dict[str, int]:
     """Delete finished jobs, callback attempts and audit rows past their retention."""
     s = get_settings()
     with transaction() as conn:
-        counts = repo.purge_expired(
+        counts = db.ops.purge_expired(
             conn,
             jobs_days=s.jobs_retention_days,
             audit_days=s.audit_retention_days,

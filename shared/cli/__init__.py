@@ -24,7 +24,7 @@ REDIS_URL (the embedded servers', unless set), FACELIB_INDEX_KEY and FACELIB_ENC
 (dev keys kept in FACELIB_HOME/secrets.env, unless set), and, in `facelib up`, FACELIB_HOME (made
 absolute) and PROMETHEUS_MULTIPROC_DIR (FACELIB_HOME/prometheus, unless set). `facelib bulk` and
 `facelib reindex` point DATABASE_URL / REDIS_URL at a running `facelib up` the same way
-(`use_local_stack`).
+(`wiring.use_local_stack`).
 """
 
 from __future__ import annotations

@@ -8,12 +8,13 @@ from pathlib import Path
 
 
 def cmd_bulk(args: argparse.Namespace) -> int:
-    from shared import bulk
+    from shared.bulk import runner as bulk
+    from shared.cli.wiring import use_local_stack
     from shared.errors import FaceLibError
     from shared.settings import facelib_home
 
     try:
-        bulk.use_local_stack(facelib_home())
+        use_local_stack(facelib_home())
         summary = bulk.enrol(
             args.client,
             csv_path=Path(args.csv) if args.csv else None,

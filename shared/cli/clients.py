@@ -7,13 +7,13 @@ import sys
 
 
 def cmd_client_create(args: argparse.Namespace) -> int:
-    from shared import repo
+    from shared import db
     from shared.db import transaction
 
     scopes = [s for s in args.scopes.split(",") if s] if args.scopes else None
     try:
         with transaction() as conn:
-            client = repo.create_client(
+            client = db.clients.create_client(
                 conn,
                 args.name,
                 scopes=scopes,
@@ -33,16 +33,16 @@ def cmd_client_create(args: argparse.Namespace) -> int:
 
 def _named_client(conn: object, name: str) -> dict | None:
     """The client called `name`, or None after telling the operator there is none."""
-    from shared import repo
+    from shared import db
 
-    client = repo.get_client_by_name(conn, name)  # type: ignore[arg-type]
+    client = db.clients.get_client_by_name(conn, name)  # type: ignore[arg-type]
     if client is None:
         print(f"no client named {name!r}", file=sys.stderr)
     return client
 
 
 def cmd_client_rotate(args: argparse.Namespace) -> int:
-    from shared import repo
+    from shared import db
     from shared.db import transaction
 
     with transaction() as conn:
@@ -50,9 +50,9 @@ def cmd_client_rotate(args: argparse.Namespace) -> int:
         if client is None:
             return 2
         if args.finish:
-            repo.drop_previous_callback_secret(conn, client["id"])
+            db.clients.drop_previous_callback_secret(conn, client["id"])
         else:
-            secret = repo.rotate_callback_secret(conn, client["id"])
+            secret = db.clients.rotate_callback_secret(conn, client["id"])
     if args.finish:
         print("the previous callback signing secret no longer signs")
     else:
@@ -64,7 +64,7 @@ def cmd_client_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_token_issue(args: argparse.Namespace) -> int:
-    from shared import repo
+    from shared import db
     from shared.db import transaction
     from shared.settings import get_settings
 
@@ -72,18 +72,20 @@ def cmd_token_issue(args: argparse.Namespace) -> int:
         client = _named_client(conn, args.client)
         if client is None:
             return 2
-        issued = repo.issue_token(conn, client["id"], args.ttl or get_settings().token_ttl_seconds)
+        issued = db.clients.issue_token(
+            conn, client["id"], args.ttl or get_settings().token_ttl_seconds
+        )
     print(issued["token"])
     print(f"expires {issued['expires_at'].isoformat()}", file=sys.stderr)
     return 0
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
-    from shared import repo
+    from shared import db
     from shared.db import transaction
 
     with transaction() as conn:
-        ok = repo.revoke_token(conn, args.token)
+        ok = db.clients.revoke_token(conn, args.token)
     print("revoked" if ok else "no such active token")
     return 0 if ok else 1
 

@@ -8,7 +8,7 @@ import time
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from shared.migrate import apply_migrations
+    from shared.db.migrate import apply_migrations
     from shared.settings import get_settings
 
     applied = apply_migrations(get_settings().database_url)
@@ -21,17 +21,20 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     import psycopg
     from psycopg.rows import dict_row
 
-    from shared import bulk, repo
+    from shared import db
+    from shared.cli.wiring import use_local_stack
     from shared.settings import facelib_home, get_settings
 
     try:
-        bulk.use_local_stack(facelib_home())
+        use_local_stack(facelib_home())
         s = get_settings()
         started = time.monotonic()
         with psycopg.connect(s.database_url, autocommit=True, row_factory=dict_row) as conn:
-            faces = repo.library_size(conn)
-            partitions = args.partitions or repo.partitions_for(faces, s.search_partition_faces)
-            size = repo.build_search_index(
+            faces = db.search.library_size(conn)
+            partitions = args.partitions or db.search.partitions_for(
+                faces, s.search_partition_faces
+            )
+            size = db.search.build_search_index(
                 conn,
                 partitions=partitions,
                 m=args.m or s.hnsw_m,
@@ -44,7 +47,7 @@ def cmd_reindex(args: argparse.Namespace) -> int:
         print(f"reindex: {exc}", file=sys.stderr)
         return 2
     print(
-        f"{repo.SEARCH_INDEX}: {faces} faces, {partitions} partition(s), {size / 2**20:.0f} MB,"
+        f"{db.search.SEARCH_INDEX}: {faces} faces, {partitions} partition(s), {size / 2**20:.0f} MB,"
         f" built in {time.monotonic() - started:.0f} s"
     )
     return 0

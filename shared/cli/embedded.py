@@ -22,8 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
-from psycopg import sql
+from shared.db import bootstrap
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +45,7 @@ class EmbeddedPostgres:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         server = pgserver.get_server(self.data_dir, cleanup_mode=None)
         admin_url = server.get_uri()
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            exists = conn.execute(
-                "SELECT 1 FROM pg_database WHERE datname = %s", (self.database,)
-            ).fetchone()
-            if not exists:
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.database)))
+        bootstrap.create_database(admin_url, self.database)
         self.admin_url = admin_url
         self.configure(admin_url)
         return server.get_uri(self.database)
@@ -61,24 +55,11 @@ class EmbeddedPostgres:
         they live in the data directory's postgresql.auto.conf; a restart (fast, only when a
         restart-only setting such as shared_buffers changed) makes them take effect."""
         wanted = tuned_settings()
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            current = dict(
-                conn.execute(
-                    "SELECT name, setting || coalesce(' ' || unit, '') FROM pg_settings"
-                    " WHERE name = ANY(%s)",
-                    (list(wanted),),
-                ).fetchall()
-            )
-            changed = [k for k, v in wanted.items() if _normal(current.get(k)) != _normal(v)]
-            for name in changed:
-                conn.execute(
-                    sql.SQL("ALTER SYSTEM SET {} = {}").format(
-                        sql.Identifier(name), sql.Literal(wanted[name])
-                    )
-                )
-            restart = {"shared_buffers", "max_worker_processes"} & set(changed)
-            if changed and not restart:
-                conn.execute("SELECT pg_reload_conf()")
+        current = bootstrap.server_settings(admin_url, list(wanted))
+        changed = [k for k, v in wanted.items() if _normal(current.get(k)) != _normal(v)]
+        restart = {"shared_buffers", "max_worker_processes"} & set(changed)
+        if changed:
+            bootstrap.alter_system(admin_url, {k: wanted[k] for k in changed}, reload=not restart)
         if restart:
             from pgserver._commands import pg_ctl
 

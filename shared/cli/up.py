@@ -181,7 +181,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         services = start_backing_services(var)
-        from shared.migrate import apply_migrations
+        from shared.db.migrate import apply_migrations
         from shared.queue import FACE_QUEUES
         from shared.settings import get_settings
 
@@ -257,15 +257,15 @@ def _wait_ready(url: str, timeout: float, procs: list[subprocess.Popen]) -> bool
 
 
 def _dev_token(client_name: str) -> str:
-    from shared import repo
+    from shared import db
     from shared.db import transaction
     from shared.settings import get_settings
 
     with transaction() as conn:
-        client = repo.get_client_by_name(conn, client_name)
+        client = db.clients.get_client_by_name(conn, client_name)
         if client is None:
-            client = repo.create_client(conn, client_name, scopes=list(repo.ALL_SCOPES))
-        return repo.issue_token(conn, client["id"], get_settings().token_ttl_seconds)["token"]
+            client = db.clients.create_client(conn, client_name, scopes=list(db.clients.ALL_SCOPES))
+        return db.clients.issue_token(conn, client["id"], get_settings().token_ttl_seconds)["token"]
 
 
 def add_up(sub: argparse._SubParsersAction) -> None:

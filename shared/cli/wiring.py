@@ -63,3 +63,20 @@ def share_with_children(var: Path) -> None:
     shutil.rmtree(prom, ignore_errors=True)
     prom.mkdir()
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(prom))
+
+
+def use_local_stack(home: Path) -> None:
+    """Without DATABASE_URL / REDIS_URL, talk to the embedded servers `facelib up` runs from
+    `home` (it must be running: its workers do the work). Used by `facelib bulk` and
+    `facelib reindex`."""
+    from shared.settings import get_settings, redis_port
+
+    if not os.environ.get("DATABASE_URL"):
+        if not (home / "pg" / "postmaster.pid").exists():
+            raise ValueError(f"no DATABASE_URL and no running `facelib up` in {home}")
+        from shared.cli.embedded import EmbeddedPostgres
+
+        os.environ["DATABASE_URL"] = EmbeddedPostgres(home / "pg").start()  # finds it running
+    if not os.environ.get("REDIS_URL"):
+        os.environ["REDIS_URL"] = f"redis://127.0.0.1:{redis_port()}/0"
+    get_settings.cache_clear()

@@ -252,7 +252,7 @@ def fstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
     saved = {k: os.environ.get(k) for k in env if k.startswith(("FACELIB_", "DATABASE_", "REDIS_"))}
     os.environ.update({k: env[k] for k in saved})
     from shared.db import close_pool
-    from shared.migrate import apply_migrations
+    from shared.db.migrate import apply_migrations
     from shared.settings import get_settings
 
     get_settings.cache_clear()

@@ -46,14 +46,14 @@ def test_token_issue_use_expire_refuse(stack: Stack) -> None:
 
 
 def test_revocation_takes_effect_at_once(stack: Stack) -> None:
-    from shared import repo
+    from shared import db
     from shared.db import transaction
 
     c = stack.client()
     body = _recong("!!!")
     assert stack.post(RECONG, c["token"], body).json()["errcode"] == 3002
     with transaction() as conn:
-        assert repo.revoke_token(conn, c["token"])
+        assert db.clients.revoke_token(conn, c["token"])
     assert stack.post(RECONG, c["token"], body).json()["errcode"] == 1002
 
 

@@ -94,12 +94,12 @@ def _report(path: Path) -> dict[int, dict[str, str]]:
 def test_bulk_import_reports_failures_and_resumes_without_duplicates(
     stack: Stack, importer: dict, people_csv: tuple[Path, dict[int, str]], tmp_path: Path
 ) -> None:
-    from shared import bulk
+    from shared.bulk.runner import enrol
 
     path, lines = people_csv
     name = importer["name"]
     # 1. interrupted: the first 6 rows submitted, then the run gives up waiting at once
-    first = bulk.enrol(
+    first = enrol(
         name, csv_path=path, report=tmp_path / "r1.csv", limit=6, job_timeout=0, progress=False
     )
     assert first.rows == 6 and first.enrolled + first.failed == 6
@@ -107,7 +107,7 @@ def test_bulk_import_reports_failures_and_resumes_without_duplicates(
     assert submitted == 6
 
     # 2. the full run: waits for the jobs of run 1 (no resubmission), submits the rest
-    second = bulk.enrol(name, csv_path=path, report=tmp_path / "r2.csv", progress=False)
+    second = enrol(name, csv_path=path, report=tmp_path / "r2.csv", progress=False)
     assert (second.rows, second.enrolled + second.skipped, second.failed) == (10, 7, 3)
     assert second.rows_per_second > 0 and "10 rows in" in second.line()
     counts = _counts(stack, importer["id"])
@@ -159,14 +159,15 @@ def test_bulk_import_reports_failures_and_resumes_without_duplicates(
 
 
 def test_bulk_refuses_an_unknown_client(stack: Stack, people_csv: tuple[Path, dict]) -> None:
-    from shared import bulk
+    from shared.bulk.runner import enrol
 
     with pytest.raises(ValueError, match="no client named"):
-        bulk.enrol("no-such-client", csv_path=people_csv[0], progress=False)
+        enrol("no-such-client", csv_path=people_csv[0], progress=False)
 
 
 def test_folder_rows_with_synthetic_idnums(tmp_path: Path) -> None:
-    from shared.bulk import fit_base64_limit, read_folder
+    from shared.bulk.inputs import read_folder
+    from shared.bulk.prepare import fit_base64_limit
     from shared.idnum import is_valid_id_num
 
     for person in ("Ann_Smith", "Bo_Li"):

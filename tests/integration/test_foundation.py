@@ -8,7 +8,7 @@ import numpy as np
 import yaml
 from pgvector.psycopg import register_vector
 
-from shared.migrate import apply_migrations
+from shared.db.migrate import apply_migrations
 from tests.conftest import ROOT, Stack
 
 REG = "/tech/ai/face/faceLib/person/reg"
@@ -91,7 +91,7 @@ def test_requests_without_or_with_bad_token_are_refused(stack: Stack) -> None:
 
 
 def test_expired_and_revoked_tokens_are_refused(stack: Stack) -> None:
-    from shared import repo
+    from shared import db
     from shared.db import transaction
 
     c = stack.client()
@@ -107,7 +107,7 @@ def test_expired_and_revoked_tokens_are_refused(stack: Stack) -> None:
     assert (r.status_code, r.json()["errcode"]) == (401, 1003)
     c2 = stack.client()
     with transaction() as conn:
-        assert repo.revoke_token(conn, c2["token"])
+        assert db.clients.revoke_token(conn, c2["token"])
     assert stack.post(RECONG, c2["token"], body).json()["errcode"] == 1002
 
 

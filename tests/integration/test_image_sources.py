@@ -25,7 +25,7 @@ import pytest
 import requests
 from PIL import Image
 
-from shared.filestore import prepare_upload, purge_unused_files
+from shared.files.uploads import prepare_upload, purge_unused_files
 from tests.conftest import FACES, Stack, _stop, face_bytes
 from tests.integration.test_person_api import RECONG, REG, new_id_num, recong_body, reg_body
 

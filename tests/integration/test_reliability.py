@@ -15,7 +15,7 @@ import uuid
 import psycopg
 import pytest
 
-from shared import repo
+from shared import db
 from shared.db import transaction
 from tests.conftest import Stack, small_jpeg_b64
 
@@ -26,7 +26,7 @@ def _job(stack: Stack, send_timeout: float, **over: object) -> str:
     import base64
 
     with transaction() as conn:
-        job, created = repo.create_job(
+        job, created = db.jobs.create_job(
             conn,
             kind="recognize",
             client_id=client["id"],
@@ -72,13 +72,13 @@ def test_the_lease_decides_who_runs_a_job(stack: Stack) -> None:
     job_id = _job(stack, send_timeout=3600)  # the sweeper leaves it alone
     try:
         with transaction() as conn:
-            outcome, job = repo.claim_job(conn, job_id, lease_seconds=3600)
+            outcome, job = db.jobs.claim_job(conn, job_id, lease_seconds=3600)
         assert outcome == "claimed" and job["attempts"] == 1
         with transaction() as conn:  # a duplicate message while this process holds the lease
-            assert repo.claim_job(conn, job_id, lease_seconds=3600) == ("busy", None)
+            assert db.jobs.claim_job(conn, job_id, lease_seconds=3600) == ("busy", None)
         with transaction() as conn:  # held elsewhere: trusted until the lease ends
             conn.execute("UPDATE jobs SET lease_owner = 'elsewhere:1' WHERE id = %s", (job_id,))
-            assert repo.claim_job(conn, job_id, lease_seconds=3600)[0] == "busy"
+            assert db.jobs.claim_job(conn, job_id, lease_seconds=3600)[0] == "busy"
         dead = subprocess.Popen([sys.executable, "-c", "pass"])
         dead.wait()
         with transaction() as conn:  # held by a dead process on this host: taken over at once
@@ -86,7 +86,7 @@ def test_the_lease_decides_who_runs_a_job(stack: Stack) -> None:
                 "UPDATE jobs SET lease_owner = %s WHERE id = %s",
                 (f"{socket.gethostname()}:{dead.pid}", job_id),
             )
-            outcome, job = repo.claim_job(conn, job_id, lease_seconds=3600)
+            outcome, job = db.jobs.claim_job(conn, job_id, lease_seconds=3600)
         assert outcome == "claimed" and job["lost_attempts"] == 1 and job["attempts"] == 2
         with transaction() as conn:  # an expired lease: taken over too
             conn.execute(
@@ -94,20 +94,20 @@ def test_the_lease_decides_who_runs_a_job(stack: Stack) -> None:
                 " - interval '1 second' WHERE id = %s",
                 (job_id,),
             )
-            outcome, job = repo.claim_job(conn, job_id, lease_seconds=3600)
+            outcome, job = db.jobs.claim_job(conn, job_id, lease_seconds=3600)
         assert outcome == "claimed" and job["lost_attempts"] == 2
     finally:
         with transaction() as conn:
-            job = repo.get_job(conn, job_id)
-            repo.finish_job(conn, job, errcode=9000, errmsg="test", result={})
+            job = db.jobs.get_job(conn, job_id)
+            db.jobs.finish_job(conn, job, errcode=9000, errmsg="test", result={})
     with transaction() as conn:  # a finished job is never claimed again
-        assert repo.claim_job(conn, job_id, lease_seconds=60) == ("finished", None)
+        assert db.jobs.claim_job(conn, job_id, lease_seconds=60) == ("finished", None)
 
 
 def test_a_running_job_whose_worker_is_gone_is_requeued_by_the_sweeper(stack: Stack) -> None:
     job_id = _job(stack, send_timeout=3600)
     with transaction() as conn:
-        repo.claim_job(conn, job_id, lease_seconds=3600)
+        db.jobs.claim_job(conn, job_id, lease_seconds=3600)
         conn.execute(  # as if its worker died on another host long ago
             "UPDATE jobs SET lease_owner = 'elsewhere:1', lease_expires_at = now()"
             " - interval '1 second' WHERE id = %s",
@@ -152,7 +152,9 @@ def test_retention_purges_old_rows_and_keeps_the_audit_minimum(stack: Stack) -> 
         with pytest.raises(psycopg.errors.RaiseException):  # younger than 5 years: refused
             conn.execute("DELETE FROM audit_log WHERE id = %s", (ids[1],))
     with transaction() as conn:
-        counts = repo.purge_expired(conn, jobs_days=30, audit_days=1825, callback_attempts_days=90)
+        counts = db.ops.purge_expired(
+            conn, jobs_days=30, audit_days=1825, callback_attempts_days=90
+        )
     assert counts["jobs"] >= 1 and counts["audit_log"] >= 1
     with stack.db() as conn:
         assert conn.execute("SELECT 1 FROM jobs WHERE id = %s", (old_job,)).fetchone() is None

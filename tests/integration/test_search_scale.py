@@ -14,7 +14,7 @@ import pytest
 from pgvector.psycopg import register_vector
 from psycopg.rows import dict_row
 
-from shared import repo
+from shared import db
 from tests.conftest import Stack, new_id_num
 
 DIM = 128
@@ -88,15 +88,15 @@ def test_bulk_path_equals_row_by_row(stack: Stack) -> None:
             "INSERT INTO libraries (lib_id) VALUES (%s) RETURNING id",
             (f"b-{secrets.token_hex(3)}",),
         ).fetchone()["id"]
-        libs = repo.library_ids(conn, ["default"]) + [lib]
+        libs = db.libraries.library_ids(conn, ["default"]) + [lib]
         bulk_items, row_items = _items(vectors[:20]), _items(vectors[20:])
         # one person twice in the bulk input: one person row, two faces, the last fields win
         bulk_items[5] = {**bulk_items[5], "id_num": bulk_items[4]["id_num"], "name": "last"}
-        ids = repo.add_faces_bulk(
+        ids = db.faces.add_faces_bulk(
             conn, settings, bulk_items, library_ids=libs, client_id=None, model="m", backend="b"
         )
         for item in row_items:
-            person = repo.upsert_person(
+            person = db.persons.upsert_person(
                 conn,
                 settings,
                 id_num=item["id_num"],
@@ -105,8 +105,8 @@ def test_bulk_path_equals_row_by_row(stack: Stack) -> None:
                 customer_id=item["customer_id"],
                 client_id=None,
             )
-            repo.add_to_libraries(conn, person["id"], libs)
-            repo.add_face(
+            db.libraries.add_to_libraries(conn, person["id"], libs)
+            db.faces.add_face(
                 conn,
                 person_id=person["id"],
                 embedding=item["embedding"],
@@ -119,7 +119,7 @@ def test_bulk_path_equals_row_by_row(stack: Stack) -> None:
             )
 
         def stored(item: dict) -> dict:
-            person = repo.find_person(conn, settings, item["id_num"])
+            person = db.persons.find_person(conn, settings, item["id_num"])
             assert person is not None
             faces = conn.execute(
                 "SELECT embedding, box, quality, model, backend, job_id, image_sha256"
@@ -131,7 +131,7 @@ def test_bulk_path_equals_row_by_row(stack: Stack) -> None:
                 (person["id"],),
             ).fetchall()
             return {
-                "id_num": repo.decrypt_id_num(settings, person),
+                "id_num": db.persons.decrypt_id_num(settings, person),
                 "masked": person["id_num_masked"],
                 "fields": (person["name"], person["person_type"], person["customer_id"]),
                 "libraries": [m["library_id"] for m in members],
@@ -191,7 +191,7 @@ def test_bulk_path_equals_row_by_row(stack: Stack) -> None:
             settings.faces_per_person + 2
         )
         again = [{**a, "job_id": uuid.uuid4()} for a in again]
-        ids = repo.add_faces_bulk(
+        ids = db.faces.add_faces_bulk(
             conn, settings, again, library_ids=[], client_id=None, model="m", backend="b"
         )
         # one face stored already: cap - 1 more go in, the rest are refused (None)
@@ -219,9 +219,9 @@ def test_search_recall_against_brute_force(stack: Stack) -> None:
             "INSERT INTO libraries (lib_id) VALUES (%s) RETURNING id",
             (f"r-{secrets.token_hex(3)}",),
         ).fetchone()["id"]
-        default = repo.library_ids(conn, ["default"])
+        default = db.libraries.library_ids(conn, ["default"])
         ids = np.array(
-            repo.add_faces_bulk(
+            db.faces.add_faces_bulk(
                 conn,
                 settings,
                 _items(vectors[:1000]),
@@ -230,7 +230,7 @@ def test_search_recall_against_brute_force(stack: Stack) -> None:
                 model="m",
                 backend="b",
             )
-            + repo.add_faces_bulk(
+            + db.faces.add_faces_bulk(
                 conn,
                 settings,
                 _items(vectors[1000:1300], person_type="vip") + _items(vectors[1300:]),
@@ -253,7 +253,7 @@ def test_search_recall_against_brute_force(stack: Stack) -> None:
         probes = _moved(rng, vectors[targets], 0.06)
         hits = 0
         for probe in probes:
-            rows = repo.nearest_faces(conn, probe, limit=20, ef_search=settings.hnsw_ef_search)
+            rows = db.search.nearest_faces(conn, probe, limit=20, ef_search=settings.hnsw_ef_search)
             cos = all_vecs @ probe
             hits += rows[0]["face_id"] == all_ids[int(np.argmax(cos))]
             # exact distances, in order
@@ -271,13 +271,13 @@ def test_search_recall_against_brute_force(stack: Stack) -> None:
         probes = _moved(rng, vectors[in_lib], 0.06)
         hits = 0
         for probe in probes:
-            rows = repo.nearest_faces(
+            rows = db.search.nearest_faces(
                 conn, probe, limit=20, ef_search=settings.hnsw_ef_search, library_ids=[lib]
             )
             assert len(rows) == 20 and set(r["face_id"] for r in rows) <= set(ids[:1000])
             hits += rows[0]["face_id"] == ids[int(np.argmax(vectors[:1000] @ probe))]
             # the exact path (a small filtered gallery) is exactly numpy's top 20
-            exact = repo.nearest_faces(
+            exact = db.search.nearest_faces(
                 conn, probe, limit=20, ef_search=40, library_ids=[lib], exact=True
             )
             top = np.argsort(-(vectors[:1000] @ probe), kind="stable")[:20]
@@ -294,7 +294,7 @@ def test_search_recall_against_brute_force(stack: Stack) -> None:
         probes = _moved(rng, vectors[rng.choice(np.arange(1000, 1300), 50, replace=False)], 0.06)
         hits = 0
         for probe in probes:
-            rows = repo.nearest_faces(
+            rows = db.search.nearest_faces(
                 conn, probe, limit=20, ef_search=settings.hnsw_ef_search, person_types=["vip"]
             )
             assert len(rows) == 20 and {r["face_id"] for r in rows} <= set(vip_ids.tolist())
@@ -304,15 +304,15 @@ def test_search_recall_against_brute_force(stack: Stack) -> None:
 
 
 def test_search_ef_grows_with_the_library() -> None:
-    assert repo.search_ef(100, 5_000, 4000, 400) == 100
-    assert repo.search_ef(100, 50_000, 4000, 400) == 200
-    assert repo.search_ef(100, 100_000, 4000, 400) == 400
-    assert repo.search_ef(100, 250_000, 4000, 400) == 400
-    assert repo.search_ef(100, 10_000_000, 4000, 5000) == repo.SEARCH_EF_MAX
-    assert repo.search_ef(100, 10_000_000, 0, 400) == 100
-    assert repo.partitions_for(0, 250_000) == 1
-    assert repo.partitions_for(1_000_000, 250_000) == 4
-    assert repo.partitions_for(1_000_001, 250_000) == 5
+    assert db.search.search_ef(100, 5_000, 4000, 400) == 100
+    assert db.search.search_ef(100, 50_000, 4000, 400) == 200
+    assert db.search.search_ef(100, 100_000, 4000, 400) == 400
+    assert db.search.search_ef(100, 250_000, 4000, 400) == 400
+    assert db.search.search_ef(100, 10_000_000, 4000, 5000) == db.search.SEARCH_EF_MAX
+    assert db.search.search_ef(100, 10_000_000, 0, 400) == 100
+    assert db.search.partitions_for(0, 250_000) == 1
+    assert db.search.partitions_for(1_000_000, 250_000) == 4
+    assert db.search.partitions_for(1_000_001, 250_000) == 5
 
 
 def test_reindex_rebuilds_the_search_index(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -320,15 +320,17 @@ def test_reindex_rebuilds_the_search_index(stack: Stack, monkeypatch: pytest.Mon
     from shared.settings import get_settings
 
     settings = get_settings()
-    monkeypatch.setattr(repo, "PARTITIONS_TTL", 0.2)  # the swap waits this long
+    monkeypatch.setattr(db.search, "PARTITIONS_TTL", 0.2)  # the swap waits this long
 
     def options() -> list[str]:
         with stack.db() as conn:
-            assert repo.search_index_names(conn) == [repo.SEARCH_INDEX]  # no _new leftover
+            assert db.search.search_index_names(conn) == [
+                db.search.SEARCH_INDEX
+            ]  # no _new leftover
             row = conn.execute(
                 "SELECT c.reloptions, pg_get_indexdef(c.oid) AS def FROM pg_class c"
                 " WHERE c.relname = %s",
-                (repo.SEARCH_INDEX,),
+                (db.search.SEARCH_INDEX,),
             ).fetchone()
             assert row is not None and "halfvec_cosine_ops" in row["def"]
             return sorted(row["reloptions"])
@@ -337,11 +339,11 @@ def test_reindex_rebuilds_the_search_index(stack: Stack, monkeypatch: pytest.Mon
         rng = np.random.default_rng()
         vec = _gallery(rng, 3)
         with _connect(stack) as conn:
-            ids = repo.add_faces_bulk(
+            ids = db.faces.add_faces_bulk(
                 conn, settings, _items(vec), library_ids=[], client_id=None, model="m", backend="b"
             )
             for k in range(3):
-                rows = repo.nearest_faces(conn, vec[k], limit=3, ef_search=40)
+                rows = db.search.nearest_faces(conn, vec[k], limit=3, ef_search=40)
                 assert rows[0]["face_id"] == ids[k] and rows[0]["distance"] < 1e-6
             conn.rollback()
 
@@ -351,10 +353,12 @@ def test_reindex_rebuilds_the_search_index(stack: Stack, monkeypatch: pytest.Mon
         finds_new_face()
         # two partitions (partial indexes on id % 2), built beside the old index and swapped
         with stack.db() as conn:
-            repo.build_search_index(conn, m=8, ef_construction=32, partitions=2, concurrently=True)
-            names = repo.search_index_names(conn)
-            assert names == [f"{repo.SEARCH_INDEX}_0of2", f"{repo.SEARCH_INDEX}_1of2"]
-            assert repo.search_partitions(conn) == 2
+            db.search.build_search_index(
+                conn, m=8, ef_construction=32, partitions=2, concurrently=True
+            )
+            names = db.search.search_index_names(conn)
+            assert names == [f"{db.search.SEARCH_INDEX}_0of2", f"{db.search.SEARCH_INDEX}_1of2"]
+            assert db.search.search_partitions(conn) == 2
         finds_new_face()
         assert main(["reindex", "--m", "3", "--ef-construction", "2"]) == 2  # refused
     finally:

@@ -255,11 +255,11 @@ def test_idempotency_key_is_bounded_like_request_id(stack: Stack, admin: dict) -
 def test_unparseable_client_limit_is_refused_at_creation_and_defaulted_in_the_db(
     stack: Stack,
 ) -> None:
-    from shared import repo
+    from shared import db
     from shared.db import transaction
 
     with pytest.raises(ValueError, match="rate limit"), transaction() as conn:
-        repo.create_client(conn, "bad-limit", rate_limit="lots/please")
+        db.clients.create_client(conn, "bad-limit", rate_limit="lots/please")
     c = _client(stack, ["person:read"], rate_limit="lots/please")
     with stack.extra_api(FACELIB_RATE_LIMIT="3/minute") as url:
         codes = [
@@ -410,7 +410,7 @@ def test_decryption_uses_the_stored_key_id(stack: Stack) -> None:
     import dataclasses
     import os
 
-    from shared import crypto, repo
+    from shared import crypto, db
     from shared.settings import get_settings
 
     settings = get_settings()
@@ -424,9 +424,9 @@ def test_decryption_uses_the_stored_key_id(stack: Stack) -> None:
     rotated = dataclasses.replace(
         settings, encryption_keys={**settings.encryption_keys, "k0": old_key}
     )
-    assert repo.decrypt_id_num(rotated, person) == "610102198001010013"
+    assert db.persons.decrypt_id_num(rotated, person) == "610102198001010013"
     with pytest.raises(KeyError, match="k0"):
-        repo.decrypt_id_num(settings, person)
+        db.persons.decrypt_id_num(settings, person)
 
 
 # --- 10: the OpenAPI document is the application's ---------------------------------------------

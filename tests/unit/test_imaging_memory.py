@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from shared.errors import FaceLibError
-from shared.filestore import prepare_upload
+from shared.files.uploads import prepare_upload
 from shared.imaging import (
     DEFAULT_MAX_DECODE_BYTES,
     configure_decodes,
@@ -74,7 +74,7 @@ def test_the_audit_png_is_refused_by_the_engine_and_the_upload(bomb: Path) -> No
 _MEASURE = """
 import json, sys
 from shared.errors import FaceLibError
-from shared.filestore import prepare_upload
+from shared.files.uploads import prepare_upload
 from worker.engine.decode import decode_image
 def peak():
     for line in open("/proc/self/status"):

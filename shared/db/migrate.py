@@ -18,9 +18,11 @@ log = logging.getLogger(__name__)
 
 
 def _sql_dir() -> Path:
-    """`sql/` at the repository root in a checkout; `shared/sql` inside an installed wheel."""
-    packaged = Path(__file__).resolve().parent / "sql"
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / "sql"
+    """`sql/` at the repository root in a checkout; `shared/sql` inside an installed wheel
+    (pyproject's force-include puts it there)."""
+    shared = Path(__file__).resolve().parent.parent
+    packaged = shared / "sql"
+    return packaged if packaged.is_dir() else shared.parent / "sql"
 
 
 SQL_DIR = _sql_dir()

@@ -54,7 +54,7 @@ def _new_pool(pid: int) -> ConnectionPool:
     return ConnectionPool(
         settings.database_url,
         min_size=1,
-        max_size=int(os.environ.get("FACELIB_DB_POOL_SIZE", "10")),
+        max_size=settings.db_pool_size,
         kwargs={"row_factory": dict_row, "connect_timeout": CONNECT_TIMEOUT},
         configure=_configure,
         check=ConnectionPool.check_connection,
