@@ -23,9 +23,10 @@ import onnxruntime as ort
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from shared.models import CHECK_FILE, MOBILEFACENET, installed  # noqa: E402
+from shared.models import MOBILEFACENET, installed  # noqa: E402
 from worker.engine.onnx.backend import OnnxBackend  # noqa: E402
 from worker.engine.tflite_onnx import convert_tflite, operator_counts  # noqa: E402
+from worker.model_install import CHECK_FILE  # noqa: E402
 
 
 def session(model_bytes: bytes) -> ort.InferenceSession:

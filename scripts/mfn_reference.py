@@ -1,6 +1,6 @@
 """Record real face crops and the TFLite reference interpreter's MobileFaceNet embeddings of them.
 
-Writes shared/model_check/mobilefacenet.npz: 112x112 crops aligned on the ArcFace template (the
+Writes worker/model_check/mobilefacenet.npz: 112x112 crops aligned on the ArcFace template (the
 engine's detection, dlib's 68 landmarks) from MIT-licensed photos in tests/fixtures/faces, and
 the embeddings `ai-edge-litert` (the reference TFLite interpreter, a development dependency)
 computes for them. `facelib models install` compares its converted ONNX graph with these when
@@ -31,17 +31,17 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import dlib
 
-from shared.models import (  # noqa: E402
-    CHECK_FILE,
-    MOBILEFACENET,
-    extract_member,
-    npm_pack,
-    reference_embeddings,
-)
+from shared.models import MOBILEFACENET  # noqa: E402
 from worker.engine import EngineConfig, FaceEngine  # noqa: E402
 from worker.engine.decode import decode_image  # noqa: E402
 from worker.engine.mobilefacenet import ARCFACE_TEMPLATE, align_face, arcface_points_from_68  # noqa: E402
 from worker.engine.models import shape_predictor_68_path  # noqa: E402
+from worker.model_install import (  # noqa: E402
+    CHECK_FILE,
+    extract_member,
+    npm_pack,
+    reference_embeddings,
+)
 
 PHOTOS = [
     "obama_1.jpg",

