@@ -58,7 +58,7 @@ def _forget_unenrolled_hourly() -> None:
 
 def _row(errcode: int, http_status: int, task_id: str | None) -> dict[str, Any]:
     client = g.get("client")
-    started = g.get("audit_started", time.monotonic())
+    started = g.get("request_started", time.monotonic())
     return {
         "client_id": client["id"] if client else None,
         "method": request.method,
@@ -81,10 +81,6 @@ def job_row(job: dict[str, Any], created: bool) -> dict[str, Any]:
 
 
 def init_app(app: Flask) -> None:
-    @app.before_request
-    def _start() -> None:
-        g.audit_started = time.monotonic()
-
     @app.after_request
     def _write(resp: Response) -> Response:
         if not request.path.startswith("/tech/"):

@@ -149,16 +149,12 @@ metrics.required_scopes = ("metrics:read",)  # type: ignore[attr-defined] - for 
 
 
 def init_app(app: Flask) -> None:
-    @app.before_request
-    def _start() -> None:
-        g.metrics_started = time.monotonic()
-
     @app.after_request
     def _observe(resp: Response) -> Response:
         route = request.url_rule.rule if request.url_rule else "unmatched"
         errcode = resp.headers.get("X-Errcode", "")
         REQUESTS.labels(request.method, route, errcode, str(resp.status_code)).inc()
         LATENCY.labels(request.method, route).observe(
-            time.monotonic() - g.get("metrics_started", time.monotonic())
+            time.monotonic() - g.get("request_started", time.monotonic())
         )
         return resp

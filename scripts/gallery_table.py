@@ -87,6 +87,20 @@ def stranger_probes(
     return rng.choice(pool_arr, count, replace=False)
 
 
+def draw_gallery(
+    args, repeat: int, n: int, multi: list, people: list, photos: dict
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Repeat `repeat` of the N = `n` draw: n people with two photos enrolled by their first,
+    their second photos as genuine probes, and stranger probes from everyone else."""
+    rng = np.random.default_rng([args.seed, 1_000_000, repeat])
+    enrolled = [multi[i] for i in rng.choice(len(multi), n, replace=False)]
+    chosen = set(enrolled)
+    strangers = [p for p in people if p not in chosen]
+    gallery = np.array([photos[p][0] for p in enrolled])
+    second = np.array([photos[p][1] for p in enrolled])
+    return gallery, second, stranger_probes(rng, photos, strangers, args.probes)
+
+
 def fmt_pct(values: list[float]) -> str:
     mean = float(np.mean(values))
     if len(values) == 1:
@@ -193,13 +207,7 @@ def report(
     }
     counts = []
     for r in range(args.repeats):
-        rng = np.random.default_rng([args.seed, 1_000_000, r])
-        enrolled = [multi[i] for i in rng.choice(len(multi), n, replace=False)]
-        chosen = set(enrolled)
-        strangers = [p for p in people if p not in chosen]
-        gallery = np.array([photos[p][0] for p in enrolled])
-        second = np.array([photos[p][1] for p in enrolled])
-        probes = stranger_probes(rng, photos, strangers, args.probes)
+        gallery, second, probes = draw_gallery(args, r, n, multi, people, photos)
         _, s_best = best_matches(emb, probes, gallery, cal_model)
         g_idx, g_best = best_matches(emb, second, gallery, cal_model)
         right = g_idx == np.arange(n)
@@ -289,13 +297,7 @@ def one_to_n(
     multi = [p for p in people if len(photos[p]) >= 2]
     res: dict[float, list[float]] = {0.01: [], 0.02: []}
     for r in range(args.repeats):
-        rng = np.random.default_rng([args.seed, 1_000_000, r])
-        enrolled = [multi[i] for i in rng.choice(len(multi), n, replace=False)]
-        chosen = set(enrolled)
-        strangers = [p for p in people if p not in chosen]
-        gallery = np.array([photos[p][0] for p in enrolled])
-        second = np.array([photos[p][1] for p in enrolled])
-        probes = stranger_probes(rng, photos, strangers, args.probes)
+        gallery, second, probes = draw_gallery(args, r, n, multi, people, photos)
         s_sim = (emb[probes] @ emb[gallery].T).max(axis=1)
         g = emb[second] @ emb[gallery].T
         right = g.argmax(axis=1) == np.arange(n)
