@@ -652,7 +652,8 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear script
         if args.only != "service" and not args.profile:
             port = free_port()
             cmd = api_command(port, args.workers, args.threads)
-            cmd[-1:] = ["--pythonpath", str(SCRIPTS), "bench_accept:bare_app()"]
+            # the app named on the command line replaces the config's `wsgi_app`
+            cmd += ["--pythonpath", str(SCRIPTS), "bench_accept:bare_app()"]
             targets.append(("bare Flask (parse JSON + b64decode)", cmd, env, port))
         if args.only != "bare":
             port = free_port()
@@ -662,11 +663,12 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear script
                 prof_dir = base / "profile"
                 prof_dir.mkdir()
                 conf = base / "profile.conf.py"
-                conf.write_text(
+                conf.write_text(  # the service's own configuration, plus the hooks
                     f"import sys\nsys.path.insert(0, {str(SCRIPTS)!r})\n"
+                    "from shared.cli.gunicorn_conf import *  # noqa\n"
                     "from bench_accept import post_worker_init, worker_exit  # noqa\n"
                 )
-                cmd[-1:-1] = ["-c", str(conf)]
+                cmd[cmd.index("--config") + 1] = str(conf)
                 senv[PROFILE_ENV] = f"{args.profile}:{prof_dir}"
             targets.append(("service async recong", cmd, senv, port))
 
