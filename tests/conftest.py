@@ -427,9 +427,6 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         database_url,
         redis_url,
         free_port(),
-        # the fixtures hold 7 identities and many tests enrol the same face under fresh idNums;
-        # the duplicate-identity policy itself is tested with FACELIB_DUPLICATE_POLICY=refuse/warn
-        FACELIB_DUPLICATE_POLICY="allow",
         FACELIB_CALLBACK_ALLOW_PRIVATE="1",  # the test receivers listen on 127.0.0.1
         FACELIB_CALLBACK_SCHEDULE="1,1,1,1",  # short retry schedule for tests
         FACELIB_SWEEP_INTERVAL_SECONDS="1",

@@ -83,14 +83,14 @@ def recong_body(image_b64: str, **extra: Any) -> dict[str, Any]:
 def eventually(
     probe: Callable[[], T | None], timeout: float = 120, interval: float = 0.3, what: str = ""
 ) -> T:
-    """Call `probe` until it returns something other than None or False, and return that.
+    """Call `probe` until it returns a true value (not None, False, 0 or empty), and return it.
 
     Past `timeout` seconds: AssertionError naming `what` and the last value seen. An exception
     from `probe` ends the wait at once (e.g. "the process died")."""
     deadline = time.monotonic() + timeout
     while True:
         value = probe()
-        if value is not None and value is not False:
+        if value:
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {timeout:.0f} s: {what or probe!r} (last: {value!r})")
