@@ -180,15 +180,10 @@ def exported_settings(env: dict[str, str]) -> Iterator[None]:
         get_settings.cache_clear()
 
 
-@dataclass
-class Services:
-    database_url: str
-    redis_url: str
-    env: dict[str, str]
-    log_dir: Path
-    baseline: dict[str, int] = field(default_factory=dict)  # the gallery as migrated
+class OnTheDatabase:
+    """What the services and a stack offer on their database (`database_url`)."""
 
-    current: ClassVar[Services | None] = None  # the session's, while it runs
+    database_url: str
 
     def db(self) -> psycopg.Connection:
         """A connection as the tables' owner, autocommit."""
@@ -204,7 +199,18 @@ class Services:
 
 
 @dataclass
-class Stack:
+class Services(OnTheDatabase):
+    database_url: str
+    redis_url: str
+    env: dict[str, str]
+    log_dir: Path
+    baseline: dict[str, int] = field(default_factory=dict)  # the gallery as migrated
+
+    current: ClassVar[Services | None] = None  # the session's, while it runs
+
+
+@dataclass
+class Stack(OnTheDatabase):
     api_url: str
     database_url: str
     redis_url: str
@@ -212,21 +218,10 @@ class Stack:
     log_dir: Path
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
-    def db(self) -> psycopg.Connection:
-        return psycopg.connect(self.database_url, row_factory=dict_row, autocommit=True)
-
     def client(self, name: str | None = None, scopes: list[str] | None = None, **kw: Any) -> dict:
         """A new API client with a token, committed: {'id', 'name', 'token', 'callback_secret'}."""
         with psycopg.connect(self.database_url, row_factory=dict_row) as conn:  # commits
             return new_client(conn, name, scopes, **kw)
-
-    def gallery_marks(self) -> dict[str, int]:
-        with self.db() as conn:
-            return gallery_marks(conn)
-
-    def clean_gallery(self, marks: dict[str, int]) -> None:
-        with self.db() as conn:
-            clean_gallery(conn, marks)
 
     def post(self, path: str, token: str | None, body: Any, **kw: Any) -> requests.Response:
         headers = kw.pop("headers", {})

@@ -3,7 +3,8 @@
 - the test photos and where the repository is;
 - `eventually`: the one "until it holds, or fail after a timeout" loop of the test suite;
 - the API's paths and the seed-shaped request bodies;
-- `LocalServer` / `QuietHandler`: real HTTP(S) servers on a loopback address, in a thread;
+- `LocalServer` / `QuietHandler`: real HTTP(S) servers on a loopback address, in a thread,
+  and `ImageServer`, one that serves the test photos and hostile replies;
 - `run_python` / `run_facelib` / `measure`: a fresh Python process (the CLI as an operator runs
   it, or a measurement that prints one JSON line).
 """
@@ -151,6 +152,64 @@ class LocalServer:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class ImageServer(LocalServer):
+    """An image server on a loopback address that counts every request (`hits`): the test
+    photos, redirects, junk, oversized, slow and silent replies.
+
+    /faces/<name>: a photo of tests/fixtures/faces; /photo.jpg: obama_small.jpg;
+    /redirect?<url>: 302 to <url>; /chain/<n>: n redirects, then the photo; /text: HTML;
+    /missing: 404; /big-declared: Content-Length 50 MB, 1 KB sent; /big-chunked: 12.5 MB
+    chunked; /endless: 64 MB chunked, unless the client hangs up; /slow: a byte every 0.3 s
+    (never idle long enough for a read timeout); /hang: nothing for 10 s."""
+
+    class handler(QuietHandler):  # noqa: N801 - LocalServer's attribute
+        def do_GET(self) -> None:  # noqa: N802 - http.server's API
+            self.owner.hits.append(self.path)
+            path, _, query = self.path.partition("?")
+            if path.startswith("/faces/"):
+                self.send(200, face_bytes(path.rsplit("/", 1)[1]), "image/jpeg")
+            elif path == "/photo.jpg":
+                self.send(200, face_bytes("obama_small.jpg"), "image/jpeg")
+            elif path == "/redirect":
+                self.send(302, b"", Location=query)
+            elif path.startswith("/chain/"):
+                n = int(path.rsplit("/", 1)[1])
+                self.send(302, b"", Location=f"/chain/{n - 1}" if n else "/photo.jpg")
+            elif path == "/text":
+                self.send(200, b"<html>this is not a photo</html>", "text/html")
+            elif path == "/big-declared":
+                self.send_response(200)
+                self.send_header("Content-Length", str(50 * 1024 * 1024))
+                self.end_headers()
+                self.wfile.write(b"\xff" * 1024)
+            elif path in ("/big-chunked", "/endless"):  # no Content-Length: a running count
+                self.send_response(200)
+                self.send_header("Content-Type", "image/jpeg")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                chunk = b"\xff" * 65536
+                for _ in range(200 if path == "/big-chunked" else 1000):
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                if path == "/big-chunked":
+                    self.wfile.write(b"0\r\n\r\n")
+            elif path == "/slow":
+                self.send_response(200)
+                self.send_header("Content-Length", "1000")
+                self.end_headers()
+                for _ in range(1000):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.3)
+            elif path == "/hang":
+                time.sleep(10)
+            else:
+                self.send(404, b"nope")
+
+    def __init__(self, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> None:
+        self.hits: list[str] = []
+        super().__init__(host, tls=tls)
 
 
 def run_python(

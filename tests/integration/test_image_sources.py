@@ -25,7 +25,7 @@ from PIL import Image
 
 from shared.filestore import prepare_upload, purge_unused_files
 from tests.conftest import FACES, AppClient, Stack, face_bytes, new_id_num
-from tests.helpers import RECONG, REG, LocalServer, QuietHandler, recong_body, reg_body
+from tests.helpers import RECONG, REG, ImageServer, recong_body, reg_body
 
 UPLOAD = "/tech/file/upload"
 PATH_RE = re.compile(r"[0-9a-f]{64}\.jpg")
@@ -39,43 +39,6 @@ def fds(body: dict[str, Any], path: str) -> dict[str, Any]:
 def uri(body: dict[str, Any], url: str) -> dict[str, Any]:
     body["faceImage"] = {"type": "image", "origin": "uri", "data": url}
     return body
-
-
-class ImageServer(LocalServer):
-    """A local image server that counts every request: photos, redirects, junk, slow, endless."""
-
-    class handler(QuietHandler):  # noqa: N801 - LocalServer's attribute
-        def do_GET(self) -> None:  # noqa: N802 - http.server's API
-            self.owner.hits.append(self.path)
-            path, _, query = self.path.partition("?")
-            if path.startswith("/faces/"):
-                self.send(200, face_bytes(path.rsplit("/", 1)[1]), "image/jpeg")
-            elif path == "/redirect":
-                self.send(302, b"", Location=query)
-            elif path == "/text":
-                self.send(200, b"<html>this is not a photo</html>", "text/html")
-            elif path == "/endless":
-                self.send_response(200)
-                self.send_header("Content-Type", "image/jpeg")
-                self.send_header("Transfer-Encoding", "chunked")
-                self.end_headers()
-                chunk = b"\xff" * 65536
-                for _ in range(1000):  # 64 MB unless the client hangs up
-                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-            elif path == "/slow":
-                self.send_response(200)
-                self.send_header("Content-Length", "100000")
-                self.end_headers()
-                for _ in range(600):
-                    self.wfile.write(b"\xff")
-                    self.wfile.flush()
-                    time.sleep(0.2)
-            else:
-                self.send(404)
-
-    def __init__(self, host: str = "127.0.0.1") -> None:
-        self.hits: list[str] = []
-        super().__init__(host)
 
 
 @pytest.fixture(scope="module")
