@@ -549,13 +549,14 @@ class AppClient:
 
 @pytest.fixture(scope="session")
 def app(services: Services) -> Any:
-    """The API (`api.create_app`) in this process, against the test database and Redis; its
-    log lines go to the run's log directory, for the scan."""
+    """The API (`api.create_app`) in this process, against the test database and Redis. From
+    the first test that uses it on, this process's log lines (the app's among them) also go to
+    the run's log directory, for the scan."""
     from api import create_app
     from shared.logs import JsonFormatter
 
     application = create_app()
-    handler = logging.FileHandler(services.log_dir / "in-process-api.log", encoding="utf-8")
+    handler = logging.FileHandler(services.log_dir / "test-process.log", encoding="utf-8")
     handler.setFormatter(JsonFormatter())
     application.extensions["facelib-test-log"] = handler
     return application
