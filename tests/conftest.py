@@ -106,7 +106,7 @@ GALLERY = ("persons", "faces", "libraries", "files")
 def gallery_marks(conn: psycopg.Connection) -> dict[str, int]:
     """The highest id of each gallery table: what a test enrols from now on lies above."""
     return {
-        t: conn.execute(f"SELECT coalesce(max(id), 0) AS m FROM {t}").fetchone()["m"]  # noqa: S608
+        t: conn.execute(f"SELECT coalesce(max(id), 0) AS m FROM {t}").fetchone()["m"]
         for t in GALLERY
     }
 

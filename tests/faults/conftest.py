@@ -280,12 +280,16 @@ def fstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
 
 def ready_within(url: str, timeout: float) -> float | None:
     """Seconds until /health/ready answers 200, or None."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
+
+    def ready() -> bool:
         try:
-            if requests.get(f"{url}/health/ready", timeout=3).status_code == 200:
-                return time.monotonic() - t0
+            return requests.get(f"{url}/health/ready", timeout=3).status_code == 200
         except requests.RequestException:
-            pass
-        time.sleep(0.25)
-    return None
+            return False
+
+    t0 = time.monotonic()
+    try:
+        eventually(ready, timeout, 0.25, f"{url} is ready")
+    except AssertionError:
+        return None
+    return time.monotonic() - t0
