@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 
+import psycopg
 import requests
 
-from tests.conftest import Stack, face_b64, new_id_num
+from tests.conftest import AppClient, Stack, face_b64, new_client, new_id_num
+from tests.helpers import TASK, eventually
 
 REG = "/tech/ai/face/faceLib/person/reg"
 RECONG = "/tech/ai/face/faceLib/person/recong"
@@ -17,55 +19,51 @@ def _recong(image: str, **extra: object) -> dict:
     return {"faceImage": {"data": image}, **extra}
 
 
-def test_token_issue_use_expire_refuse(stack: Stack) -> None:
-    c = stack.client(scopes=["face:recognize"])
-    r = stack.post(TOKEN, None, {"clientKey": c["client_key"], "clientSecret": c["client_secret"]})
+def test_token_issue_use_expire_refuse(api: AppClient, db: psycopg.Connection) -> None:
+    c = api.client(scopes=["face:recognize"])
+    r = api.post(TOKEN, None, {"clientKey": c["client_key"], "clientSecret": c["client_secret"]})
     env = r.json()
     assert env["errcode"] == 0, env
     token = env["data"]["token"]
     assert token.startswith("flt_") and env["data"]["expiresIn"] > 0
     assert env["data"]["tokenType"] == "Bearer"
     body = _recong("!!!")  # invalid base64: proves we got past authentication
-    assert stack.post(RECONG, token, body).json()["errcode"] == 3002
-    assert stack.post(RECONG, f"Bearer {token}", body).json()["errcode"] == 3002
-    with stack.db() as conn:
-        row = conn.execute(
-            "SELECT last_used_at FROM api_tokens WHERE token_prefix = %s", (token[:8],)
-        ).fetchone()
-        assert row["last_used_at"] is not None
-        conn.execute(
-            "UPDATE api_tokens SET expires_at = now() - interval '1 second'"
-            " WHERE token_prefix = %s",
-            (token[:8],),
-        )
-    assert stack.post(RECONG, token, body).json()["errcode"] == 1003
-    bad = stack.post(TOKEN, None, {"clientKey": c["client_key"], "clientSecret": "wrong"})
+    assert api.post(RECONG, token, body).json()["errcode"] == 3002
+    assert api.post(RECONG, f"Bearer {token}", body).json()["errcode"] == 3002
+    row = db.execute(
+        "SELECT last_used_at FROM api_tokens WHERE token_prefix = %s", (token[:8],)
+    ).fetchone()
+    assert row["last_used_at"] is not None
+    db.execute(
+        "UPDATE api_tokens SET expires_at = now() - interval '1 second' WHERE token_prefix = %s",
+        (token[:8],),
+    )
+    assert api.post(RECONG, token, body).json()["errcode"] == 1003
+    bad = api.post(TOKEN, None, {"clientKey": c["client_key"], "clientSecret": "wrong"})
     assert (bad.status_code, bad.json()["errcode"]) == (401, 1005)
-    missing = stack.post(TOKEN, None, {"clientKey": c["client_key"]})
+    missing = api.post(TOKEN, None, {"clientKey": c["client_key"]})
     assert missing.json()["errcode"] == 2001 and missing.json()["data"]["field"] == "clientSecret"
 
 
-def test_revocation_takes_effect_at_once(stack: Stack) -> None:
+def test_revocation_takes_effect_at_once(api: AppClient, db: psycopg.Connection) -> None:
     from shared import db
-    from shared.db import transaction
 
-    c = stack.client()
+    c = api.client()
     body = _recong("!!!")
-    assert stack.post(RECONG, c["token"], body).json()["errcode"] == 3002
-    with transaction() as conn:
-        assert db.clients.revoke_token(conn, c["token"])
-    assert stack.post(RECONG, c["token"], body).json()["errcode"] == 1002
+    assert api.post(RECONG, c["token"], body).json()["errcode"] == 3002
+    assert db.clients.revoke_token(db, c["token"])
+    assert api.post(RECONG, c["token"], body).json()["errcode"] == 1002
 
 
-def test_each_route_requires_its_scope(stack: Stack) -> None:
-    recognise_only = stack.client(scopes=["face:recognize"])
-    r = stack.post(REG, recognise_only["token"], {"idNum": new_id_num()})
+def test_each_route_requires_its_scope(api: AppClient) -> None:
+    recognise_only = api.client(scopes=["face:recognize"])
+    r = api.post(REG, recognise_only["token"], {"idNum": new_id_num()})
     assert (r.status_code, r.json()["errcode"]) == (403, 1004)
-    register_only = stack.client(scopes=["face:register"])
-    r = stack.post(RECONG, register_only["token"], _recong("!!!"))
+    register_only = api.client(scopes=["face:register"])
+    r = api.post(RECONG, register_only["token"], _recong("!!!"))
     assert (r.status_code, r.json()["errcode"]) == (403, 1004)
-    admin = stack.client(scopes=["admin"])
-    assert stack.post(RECONG, admin["token"], _recong("!!!")).json()["errcode"] == 3002
+    admin = api.client(scopes=["admin"])
+    assert api.post(RECONG, admin["token"], _recong("!!!")).json()["errcode"] == 3002
 
 
 def test_clients_see_only_their_own_tasks_and_callbacks(stack: Stack) -> None:
@@ -73,28 +71,26 @@ def test_clients_see_only_their_own_tasks_and_callbacks(stack: Stack) -> None:
     body = _recong(face_b64("obama_2.jpg"), callbackUrl="http://127.0.0.1:9/none")
     body["async"] = True
     task = stack.post(RECONG, a["token"], body).json()["data"]["taskId"]
-    assert stack.get(f"/tech/ai/face/faceLib/task/{task}", a["token"]).json()["errcode"] == 0
-    assert stack.get(f"/tech/ai/face/faceLib/task/{task}", b["token"]).json()["errcode"] == 6001
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        items = stack.get("/tech/ai/face/faceLib/callbacks", a["token"]).json()["data"]["items"]
-        if items:
-            break
-        time.sleep(0.2)
+    assert stack.get(f"{TASK}{task}", a["token"]).json()["errcode"] == 0
+    assert stack.get(f"{TASK}{task}", b["token"]).json()["errcode"] == 6001
+    items = eventually(
+        lambda: stack.get("/tech/ai/face/faceLib/callbacks", a["token"]).json()["data"]["items"],
+        what="the callback is listed",
+    )
     assert task in {i["taskId"] for i in items}
     others = stack.get("/tech/ai/face/faceLib/callbacks", b["token"]).json()["data"]["items"]
     assert task not in {i["taskId"] for i in others}
 
 
-def test_rate_limit_answers_its_errcode_with_retry_after(stack: Stack) -> None:
-    c = stack.client(rate_limit="3/minute")
-    codes = [stack.post(RECONG, c["token"], _recong("!!!")) for _ in range(4)]
+def test_rate_limit_answers_its_errcode_with_retry_after(api: AppClient) -> None:
+    c = api.client(rate_limit="3/minute")
+    codes = [api.post(RECONG, c["token"], _recong("!!!")) for _ in range(4)]
     assert [r.json()["errcode"] for r in codes[:3]] == [3002, 3002, 3002]
     limited = codes[3]
     assert (limited.status_code, limited.json()["errcode"]) == (429, 7001)
     assert int(limited.headers["Retry-After"]) > 0
-    other = stack.client(rate_limit="3/minute")  # the limit is per client, not per IP
-    assert stack.post(RECONG, other["token"], _recong("!!!")).json()["errcode"] == 3002
+    other = api.client(rate_limit="3/minute")  # the limit is per client, not per IP
+    assert api.post(RECONG, other["token"], _recong("!!!")).json()["errcode"] == 3002
 
 
 def test_full_queue_refuses_async_submissions(stack: Stack) -> None:
@@ -159,7 +155,7 @@ def test_async_submission_commits_its_audit_row_with_the_job(stack: Stack) -> No
     task = r1.json()["data"]["taskId"]
     assert (r1.status_code, r2.status_code) == (202, 200)
     assert r2.json()["data"]["taskId"] == task and r3.json()["errcode"] == 2005
-    time.sleep(0.2)  # the refused repeat's row is written after its answer
+    # the refused repeat's row is committed by the after-request hook, before its answer is sent
     with stack.db() as conn:
         rows = conn.execute(
             "SELECT request_id, errcode, http_status, task_id, client_id, endpoint"
@@ -195,10 +191,10 @@ def test_metrics_expose_requests_jobs_queue_and_callbacks(stack: Stack) -> None:
     assert 'route="/tech/ai/face/faceLib/person/recong"' in text
 
 
-def test_openapi_spec_lists_endpoints_and_every_errcode(stack: Stack) -> None:
+def test_openapi_spec_lists_endpoints_and_every_errcode(api: AppClient) -> None:
     from shared.errors import ERRCODES
 
-    spec = stack.get("/openapi.json", None).json()
+    spec = api.get("/openapi.json", None).json()
     assert spec["openapi"].startswith("3.")
     assert "/tech/ai/face/faceLib/person/reg" in spec["paths"]
     assert "/tech/ai/face/faceLib/person/recong" in spec["paths"]
@@ -212,29 +208,27 @@ def test_openapi_spec_lists_endpoints_and_every_errcode(stack: Stack) -> None:
     reg_schema = spec["components"]["schemas"]["RegisterRequest"]
     assert {"idNum", "name", "personType", "faceImage"} <= set(reg_schema["required"])
     assert {e["errcode"] for e in spec["components"]["x-errcodes"]} == set(ERRCODES)
-    page = stack.get("/docs", None)
+    page = api.get("/docs", None)
     assert page.status_code == 200 and "4001" in page.text and "RegisterRequest" in page.text
 
 
-def test_callback_secret_rotation_overlaps_then_finishes(stack: Stack, capsys) -> None:
+def test_callback_secret_rotation_overlaps_then_finishes(db: psycopg.Connection, capsys) -> None:
     from shared.cli import main
 
-    client = stack.client()
-    assert main(["client", "rotate-callback-secret", client["name"]]) == 0
-    new_secret = capsys.readouterr().out.split("secret: ")[1].split()[0]
-    with stack.db() as conn:
-        row = conn.execute(
+    def secrets_of(client: dict) -> dict:
+        return db.execute(
             "SELECT callback_secret, callback_secret_previous FROM api_clients WHERE id = %s",
             (client["id"],),
         ).fetchone()
+
+    client = new_client(db)
+    assert main(["client", "rotate-callback-secret", client["name"]]) == 0
+    new_secret = capsys.readouterr().out.split("secret: ")[1].split()[0]
+    row = secrets_of(client)
     assert row["callback_secret"] == new_secret
     assert row["callback_secret_previous"] == client["callback_secret"]  # both sign meanwhile
 
     assert main(["client", "rotate-callback-secret", client["name"], "--finish"]) == 0
-    with stack.db() as conn:
-        row = conn.execute(
-            "SELECT callback_secret, callback_secret_previous FROM api_clients WHERE id = %s",
-            (client["id"],),
-        ).fetchone()
+    row = secrets_of(client)
     assert row["callback_secret"] == new_secret
     assert row["callback_secret_previous"] is None

@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,57 +19,42 @@ import psutil
 import pytest
 
 from tests.conftest import Stack, new_id_num, small_jpeg_b64
-from tests.integration.test_person_api import REG, reg_body
-
-TASK = "/tech/ai/face/faceLib/task/"
+from tests.helpers import RECONG, REG, LocalServer, QuietHandler, eventually, recong_body, reg_body
 
 
-class HostileReceiver:
+class HostileReceiver(LocalServer):
     """/drip: a byte a second until told to stop; /huge: a 300 MB reply."""
+
+    class handler(QuietHandler):  # noqa: N801 - LocalServer's attribute
+        def do_POST(self) -> None:  # noqa: N802 - http.server's API
+            receiver = self.owner
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            receiver.hits.append(self.path)
+            if self.path == "/drip":
+                for _ in range(300):
+                    if receiver.stop.is_set():
+                        return
+                    self.wfile.write(b"H")
+                    receiver.sent += 1
+                    time.sleep(1.0)
+            elif self.path == "/huge":
+                self.send_response(200)
+                self.send_header("Content-Length", str(300 * 1024 * 1024))
+                self.end_headers()
+                chunk = b"x" * (1024 * 1024)
+                for _ in range(300):
+                    self.wfile.write(chunk)
+                    receiver.sent += len(chunk)
 
     def __init__(self) -> None:
         self.hits: list[str] = []
         self.sent = 0
         self.stop = threading.Event()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server's API
-                self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                receiver.hits.append(self.path)
-                try:
-                    if self.path == "/drip":
-                        for _ in range(300):
-                            if receiver.stop.is_set():
-                                return
-                            self.wfile.write(b"H")
-                            receiver.sent += 1
-                            time.sleep(1.0)
-                    elif self.path == "/huge":
-                        self.send_response(200)
-                        self.send_header("Content-Length", str(300 * 1024 * 1024))
-                        self.end_headers()
-                        chunk = b"x" * (1024 * 1024)
-                        for _ in range(300):
-                            self.wfile.write(chunk)
-                            receiver.sent += len(chunk)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        super().__init__()
 
     def close(self) -> None:
         self.stop.set()
-        self.server.shutdown()
-        self.server.server_close()
+        super().close()
 
 
 @pytest.fixture()
@@ -96,13 +80,8 @@ def _attempts(stack: Stack, task_id: str) -> list[dict[str, Any]]:
 
 
 def _wait_attempt(stack: Stack, task_id: str, timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rows = _attempts(stack, task_id)
-        if rows:
-            return rows[0]
-        time.sleep(0.3)
-    raise AssertionError(f"no callback attempt recorded for task {task_id} in {timeout} s")
+    rows = eventually(lambda: _attempts(stack, task_id), timeout, what=f"a callback of {task_id}")
+    return rows[0]
 
 
 def _peak_rss(proc: psutil.Process) -> int:
@@ -121,23 +100,23 @@ def _callback_pool(stack: Stack) -> list[psutil.Process]:
 def test_face_jobs_complete_while_callback_receivers_drip(
     stack: Stack, enroller: dict[str, Any], receiver: HostileReceiver
 ) -> None:
-    image = small_jpeg_b64("obama_2.jpg")
+    id_num = new_id_num()
+    r = stack.post(REG, enroller["token"], reg_body(id_num, small_jpeg_b64("obama_2.jpg")))
+    assert r.json() == {"errcode": 0, "data": {"ok": "true"}, "errmsg": "SUCCESS"}, r.text
+    probe = small_jpeg_b64("obama_1.jpg")
     tasks = []
     for _ in range(4):  # more dripping deliveries than the callbacks pool has processes
-        body = reg_body(new_id_num(), image, callbackUrl=f"{receiver.base}/drip")
+        body = recong_body(probe, callbackUrl=f"{receiver.base}/drip")
         body["async"] = True
-        r = stack.post(REG, enroller["token"], body)
+        r = stack.post(RECONG, enroller["token"], body)
         assert r.json()["errcode"] == 0, r.text
         tasks.append(r.json()["data"]["taskId"])
-    deadline = time.monotonic() + 120
-    while len(receiver.hits) < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert len(receiver.hits) >= 2, "the callbacks pool never started delivering"
+    eventually(lambda: len(receiver.hits) >= 2, 120, 0.2, "the callbacks pool delivers")
 
     # every callbacks process is held by a dripping receiver: face jobs still run
     for _ in range(3):
-        r = stack.post(REG, enroller["token"], reg_body(new_id_num(), image))
-        assert r.json() == {"errcode": 0, "data": {"ok": "true"}, "errmsg": "SUCCESS"}, r.text
+        r = stack.post(RECONG, enroller["token"], recong_body(probe))
+        assert r.json()["errcode"] == 0 and r.json()["data"]["idNum"] == id_num, r.text
 
     # and each dripping delivery ended by the deadline, recorded as a timed-out attempt
     first = _wait_attempt(stack, tasks[0])

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from tests.conftest import ROOT, Stack, new_id_num, small_jpeg_b64
+from tests.helpers import eventually
 
 REG = "/tech/ai/face/faceLib/person/reg"
 RECONG = "/tech/ai/face/faceLib/person/recong"
@@ -95,14 +95,15 @@ def test_views_answer_with_masked_data(
     assert [j["kind"] for j in jobs][:3] == ["register", "register", "recognize"]
     assert jobs[2]["is_match"] == "true" and jobs[0]["total_seconds"] > 0
     readonly.execute("SELECT * FROM job_queue").fetchall()
-    deadline = time.monotonic() + 180
-    failures: list = []
-    while not failures and time.monotonic() < deadline:
-        failures = readonly.execute(
+    failures = eventually(
+        lambda: readonly.execute(
             "SELECT * FROM callback_failures WHERE task_id = %s", (activity["async_task"],)
-        ).fetchall()
-        time.sleep(0.5)
-    assert failures and failures[0]["attempts"] >= 1 and failures[0]["last_error"]
+        ).fetchall(),
+        180,
+        0.5,
+        "the undeliverable callback is listed",
+    )
+    assert failures[0]["attempts"] >= 1 and failures[0]["last_error"]
     assert readonly.execute("SELECT count(*) AS n FROM audit_view").fetchone()["n"] > 0
     with stack.db() as conn:
         for view in VIEWS:

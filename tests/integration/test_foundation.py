@@ -5,19 +5,19 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import psycopg
 import yaml
-from pgvector.psycopg import register_vector
 
 from shared.db.migrate import apply_migrations
-from tests.conftest import ROOT, Stack
+from tests.conftest import ROOT, AppClient, Services, Stack, new_client
 
 REG = "/tech/ai/face/faceLib/person/reg"
 RECONG = "/tech/ai/face/faceLib/person/recong"
 
 
-def test_migrations_are_idempotent_and_everything_is_commented(stack: Stack) -> None:
-    assert apply_migrations(stack.database_url) == []  # second run: nothing to do
-    with stack.db() as conn:
+def test_migrations_are_idempotent_and_everything_is_commented(services: Services) -> None:
+    assert apply_migrations(services.database_url) == []  # second run: nothing to do
+    with services.db() as conn:
         assert conn.execute(
             "SELECT extversion FROM pg_extension WHERE extname = 'vector'"
         ).fetchone()
@@ -39,84 +39,75 @@ def test_migrations_are_idempotent_and_everything_is_commented(stack: Stack) -> 
         assert uncommented == []
 
 
-def test_pgvector_cosine_search_with_hnsw_orders_by_distance(stack: Stack) -> None:
+def test_pgvector_cosine_search_with_hnsw_orders_by_distance(db: psycopg.Connection) -> None:
     rng = np.random.default_rng(7)
     vecs = rng.normal(size=(500, 128)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     query = vecs[3] + 0.05 * rng.normal(size=128).astype(np.float32)
-    with stack.db() as conn:
-        register_vector(conn)
-        conn.execute("CREATE TEMP TABLE v (id int PRIMARY KEY, e vector(128))")
-        with conn.cursor() as cur:
-            cur.executemany("INSERT INTO v VALUES (%s, %s)", [(i, v) for i, v in enumerate(vecs)])
-        conn.execute("CREATE INDEX v_hnsw ON v USING hnsw (e vector_cosine_ops)")
-        conn.execute("ANALYZE v")
-        conn.execute("SET hnsw.ef_search = 100")
-        got = [
-            r["id"] for r in conn.execute("SELECT id FROM v ORDER BY e <=> %s LIMIT 5", (query,))
-        ]
+    db.execute("CREATE TEMP TABLE v (id int PRIMARY KEY, e vector(128))")
+    with db.cursor() as cur:
+        cur.executemany("INSERT INTO v VALUES (%s, %s)", [(i, v) for i, v in enumerate(vecs)])
+    db.execute("CREATE INDEX v_hnsw ON v USING hnsw (e vector_cosine_ops)")
+    db.execute("ANALYZE v")
+    db.execute("SET LOCAL hnsw.ef_search = 100")
+    got = [r["id"] for r in db.execute("SELECT id FROM v ORDER BY e <=> %s LIMIT 5", (query,))]
     cos = vecs @ (query / np.linalg.norm(query))
     expected = list(np.argsort(-cos)[:5])
     assert got[0] == 3
     assert got == expected
 
 
-def test_faces_table_has_its_hnsw_cosine_index(stack: Stack) -> None:
+def test_faces_table_has_its_hnsw_cosine_index(db: psycopg.Connection) -> None:
     """The index exists with the cosine operator class (whether the planner uses it for a given
     query is its choice: search results are tested elsewhere, not plans)."""
-    with stack.db() as conn:
-        row = conn.execute(
-            "SELECT indexdef FROM pg_indexes WHERE tablename = 'faces'"
-            " AND indexname = 'faces_embedding_hnsw'"
-        ).fetchone()
+    row = db.execute(
+        "SELECT indexdef FROM pg_indexes WHERE tablename = 'faces'"
+        " AND indexname = 'faces_embedding_hnsw'"
+    ).fetchone()
     assert row is not None
     # halfvec_cosine_ops since sql/0009
     assert "hnsw" in row["indexdef"] and "cosine_ops" in row["indexdef"]
 
 
-def test_requests_without_or_with_bad_token_are_refused(stack: Stack) -> None:
+def test_requests_without_or_with_bad_token_are_refused(api: AppClient) -> None:
     body = {"faceImage": {"data": "aGVsbG8="}}
-    r = stack.post(RECONG, None, body)
+    r = api.post(RECONG, None, body)
     assert r.status_code == 401 and r.json() == {
         "errcode": 1001,
         "errmsg": r.json()["errmsg"],
         "data": {},
     }
     assert "token" in r.json()["errmsg"]
-    assert stack.post(RECONG, "flt_not-a-real-token", body).json()["errcode"] == 1002
-    good = stack.client()
+    assert api.post(RECONG, "flt_not-a-real-token", body).json()["errcode"] == 1002
+    good = api.client()
     forged = good["token"][:-8] + ("A" if good["token"][-8] != "A" else "B") + good["token"][-7:]
-    assert stack.post(RECONG, forged, body).json()["errcode"] == 1002
-    assert stack.post(REG, f"Bearer {good['token']}x", body).json()["errcode"] == 1002
+    assert api.post(RECONG, forged, body).json()["errcode"] == 1002
+    assert api.post(REG, f"Bearer {good['token']}x", body).json()["errcode"] == 1002
 
 
-def test_expired_and_revoked_tokens_are_refused(stack: Stack) -> None:
+def test_expired_and_revoked_tokens_are_refused(api: AppClient, db: psycopg.Connection) -> None:
     from shared import db
-    from shared.db import transaction
 
-    c = stack.client()
+    c = api.client()
     body = {"faceImage": {"data": "!!!"}}
     # valid token: gets past auth to validation (invalid base64)
-    assert stack.post(RECONG, c["token"], body).json()["errcode"] == 3002
-    with stack.db() as conn:
-        conn.execute(
-            "UPDATE api_tokens SET expires_at = %s WHERE client_id = %s",
-            (datetime.now(UTC) - timedelta(seconds=1), c["id"]),
-        )
-    r = stack.post(RECONG, c["token"], body)
+    assert api.post(RECONG, c["token"], body).json()["errcode"] == 3002
+    db.execute(
+        "UPDATE api_tokens SET expires_at = %s WHERE client_id = %s",
+        (datetime.now(UTC) - timedelta(seconds=1), c["id"]),
+    )
+    r = api.post(RECONG, c["token"], body)
     assert (r.status_code, r.json()["errcode"]) == (401, 1003)
-    c2 = stack.client()
-    with transaction() as conn:
-        assert db.clients.revoke_token(conn, c2["token"])
-    assert stack.post(RECONG, c2["token"], body).json()["errcode"] == 1002
+    c2 = api.client()
+    assert db.clients.revoke_token(db, c2["token"])
+    assert api.post(RECONG, c2["token"], body).json()["errcode"] == 1002
 
 
-def test_token_hash_only_is_stored(stack: Stack) -> None:
-    c = stack.client()
-    with stack.db() as conn:
-        rows = conn.execute(
-            "SELECT token_hash, token_prefix FROM api_tokens WHERE client_id = %s", (c["id"],)
-        ).fetchall()
+def test_token_hash_only_is_stored(db: psycopg.Connection) -> None:
+    c = new_client(db)
+    rows = db.execute(
+        "SELECT token_hash, token_prefix FROM api_tokens WHERE client_id = %s", (c["id"],)
+    ).fetchall()
     assert len(rows) == 1
     assert bytes(rows[0]["token_hash"]) != c["token"].encode()
     assert len(bytes(rows[0]["token_hash"])) == 32 and c["token"].startswith(
@@ -133,10 +124,10 @@ def test_readiness_reports_database_broker_and_workers(stack: Stack) -> None:
     assert stack.get("/health/live", None).json()["data"] == {"status": "alive"}
 
 
-def test_unknown_route_and_method_get_the_envelope(stack: Stack) -> None:
-    r = stack.get("/tech/ai/face/faceLib/person/nope", None)
+def test_unknown_route_and_method_get_the_envelope(api: AppClient) -> None:
+    r = api.get("/tech/ai/face/faceLib/person/nope", None)
     assert r.status_code == 404 and r.json()["errcode"] == 2006
-    r = stack.get(REG, None)
+    r = api.get(REG, None)
     assert r.status_code == 405 and r.json()["errcode"] == 2007
 
 

@@ -64,88 +64,83 @@ def _library(conn: psycopg.Connection) -> int:
     return row["id"]
 
 
-def test_counters_follow_every_change(stack) -> None:
-    from pgvector.psycopg import register_vector
-
+def test_counters_follow_every_change(db: psycopg.Connection) -> None:
     rng = np.random.default_rng(7)
-    with stack.db() as conn:
-        register_vector(conn)
-        libs = [_library(conn) for _ in range(3)]
-        persons: list[int] = []
-        for i in range(12):
-            pid = _person(conn, TYPES[i % 3])
-            persons.append(pid)
-            for lib in rng.choice(libs, size=int(rng.integers(0, 3)), replace=False):
-                conn.execute(
-                    "INSERT INTO person_libraries (person_id, library_id) VALUES (%s, %s)",
-                    (pid, int(lib)),
-                )
-            for _ in range(int(rng.integers(0, 4))):
-                _face(conn, pid)
-        assert _counters(conn) == _exact(conn)
-
-        # a person joins a library after enrolling faces, and leaves another
-        conn.execute(
-            "INSERT INTO person_libraries (person_id, library_id) VALUES (%s, %s)"
-            " ON CONFLICT DO NOTHING",
-            (persons[0], libs[2]),
-        )
-        conn.execute(
-            "DELETE FROM person_libraries WHERE person_id = %s AND library_id = %s",
-            (persons[1], libs[0]),
-        )
-        assert _counters(conn) == _exact(conn)
-
-        # person type changes move every face of the person
-        for pid in persons[:4]:
+    conn = db  # rolled back at the end
+    libs = [_library(conn) for _ in range(3)]
+    persons: list[int] = []
+    for i in range(12):
+        pid = _person(conn, TYPES[i % 3])
+        persons.append(pid)
+        for lib in rng.choice(libs, size=int(rng.integers(0, 3)), replace=False):
+            conn.execute(
+                "INSERT INTO person_libraries (person_id, library_id) VALUES (%s, %s)",
+                (pid, int(lib)),
+            )
+        for _ in range(int(rng.integers(0, 4))):
             _face(conn, pid)
-            conn.execute("UPDATE persons SET person_type = 'vip' WHERE id = %s", (pid,))
-        conn.execute("UPDATE persons SET name = 'renamed' WHERE id = %s", (persons[5],))
-        assert _counters(conn) == _exact(conn)
+    assert _counters(conn) == _exact(conn)
 
-        # one face deleted; a person erased (cascades to faces and memberships); a library dropped
-        face = conn.execute(
-            "SELECT id FROM faces WHERE person_id = ANY(%s) LIMIT 1", (persons,)
-        ).fetchone()
-        conn.execute("DELETE FROM faces WHERE id = %s", (face["id"],))
-        conn.execute("DELETE FROM persons WHERE id = ANY(%s)", (persons[6:9],))
-        conn.execute("DELETE FROM libraries WHERE id = %s", (libs[1],))
-        assert _counters(conn) == _exact(conn)
+    # a person joins a library after enrolling faces, and leaves another
+    conn.execute(
+        "INSERT INTO person_libraries (person_id, library_id) VALUES (%s, %s)"
+        " ON CONFLICT DO NOTHING",
+        (persons[0], libs[2]),
+    )
+    conn.execute(
+        "DELETE FROM person_libraries WHERE person_id = %s AND library_id = %s",
+        (persons[1], libs[0]),
+    )
+    assert _counters(conn) == _exact(conn)
 
-        # a transaction that rolls back leaves the counters as they were
-        before = _counters(conn)
-        with pytest.raises(psycopg.errors.RaiseException), conn.transaction():
-            moved = _face(conn, persons[9])
-            conn.execute("DELETE FROM persons WHERE id = %s", (persons[10],))
-            # a face never changes owner (the counters could not follow): refused
-            conn.execute("UPDATE faces SET person_id = %s WHERE id = %s", (persons[11], moved))
-        assert _counters(conn) == before == _exact(conn)
+    # person type changes move every face of the person
+    for pid in persons[:4]:
+        _face(conn, pid)
+        conn.execute("UPDATE persons SET person_type = 'vip' WHERE id = %s", (pid,))
+    conn.execute("UPDATE persons SET name = 'renamed' WHERE id = %s", (persons[5],))
+    assert _counters(conn) == _exact(conn)
 
-        # what recognition reads: exact for no filter, types, and one library
-        exact = _exact(conn)
-        everything = sum(n for (lib, _), n in exact.items() if lib == 0)
-        assert db.search.count_gallery(conn) == everything
-        assert db.search.count_gallery(conn, person_types=["vip", "inner"]) == sum(
-            exact.get((0, t), 0) for t in ("vip", "inner")
-        )
-        lib = libs[0]
-        in_lib = conn.execute(
-            "SELECT count(*) AS n FROM faces f JOIN person_libraries pl"
-            " ON pl.person_id = f.person_id WHERE pl.library_id = %s",
-            (lib,),
-        ).fetchone()["n"]
-        assert db.search.count_gallery(conn, library_ids=[lib]) == in_lib
-        # several libraries: an upper bound of the exact figure, never above the whole library
-        both = conn.execute(
-            "SELECT count(*) AS n FROM faces f WHERE EXISTS (SELECT 1 FROM person_libraries pl"
-            " WHERE pl.person_id = f.person_id AND pl.library_id = ANY(%s))",
-            ([libs[0], libs[2]],),
-        ).fetchone()["n"]
-        upper = db.search.count_gallery(conn, library_ids=[libs[0], libs[2]])
-        assert both <= upper <= everything
+    # one face deleted; a person erased (cascades to faces and memberships); a library dropped
+    face = conn.execute(
+        "SELECT id FROM faces WHERE person_id = ANY(%s) LIMIT 1", (persons,)
+    ).fetchone()
+    conn.execute("DELETE FROM faces WHERE id = %s", (face["id"],))
+    conn.execute("DELETE FROM persons WHERE id = ANY(%s)", (persons[6:9],))
+    conn.execute("DELETE FROM libraries WHERE id = %s", (libs[1],))
+    assert _counters(conn) == _exact(conn)
 
-        # the repair function agrees with the triggers
-        conn.execute("SELECT gallery_counts_rebuild()")
-        assert _counters(conn) == _exact(conn)
-        conn.execute("DELETE FROM persons WHERE id = ANY(%s)", (persons,))
-        conn.execute("DELETE FROM libraries WHERE id = ANY(%s)", (libs,))
+    # a transaction that rolls back leaves the counters as they were
+    before = _counters(conn)
+    with pytest.raises(psycopg.errors.RaiseException), conn.transaction():
+        moved = _face(conn, persons[9])
+        conn.execute("DELETE FROM persons WHERE id = %s", (persons[10],))
+        # a face never changes owner (the counters could not follow): refused
+        conn.execute("UPDATE faces SET person_id = %s WHERE id = %s", (persons[11], moved))
+    assert _counters(conn) == before == _exact(conn)
+
+    # what recognition reads: exact for no filter, types, and one library
+    exact = _exact(conn)
+    everything = sum(n for (lib, _), n in exact.items() if lib == 0)
+    assert db.search.count_gallery(conn) == everything
+    assert db.search.count_gallery(conn, person_types=["vip", "inner"]) == sum(
+        exact.get((0, t), 0) for t in ("vip", "inner")
+    )
+    lib = libs[0]
+    in_lib = conn.execute(
+        "SELECT count(*) AS n FROM faces f JOIN person_libraries pl"
+        " ON pl.person_id = f.person_id WHERE pl.library_id = %s",
+        (lib,),
+    ).fetchone()["n"]
+    assert db.search.count_gallery(conn, library_ids=[lib]) == in_lib
+    # several libraries: an upper bound of the exact figure, never above the whole library
+    both = conn.execute(
+        "SELECT count(*) AS n FROM faces f WHERE EXISTS (SELECT 1 FROM person_libraries pl"
+        " WHERE pl.person_id = f.person_id AND pl.library_id = ANY(%s))",
+        ([libs[0], libs[2]],),
+    ).fetchone()["n"]
+    upper = db.search.count_gallery(conn, library_ids=[libs[0], libs[2]])
+    assert both <= upper <= everything
+
+    # the repair function agrees with the triggers
+    conn.execute("SELECT gallery_counts_rebuild()")
+    assert _counters(conn) == _exact(conn)

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from tests.conftest import Stack, new_id_num
-from tests.integration.test_person_api import REG, reg_body
+from tests.helpers import REG, reg_body
 from tests.unit.test_imaging_memory import sixteen_bit_png
 
 

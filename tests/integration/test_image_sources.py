@@ -13,11 +13,9 @@ import hashlib
 import http.client
 import io
 import re
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +24,10 @@ import requests
 from PIL import Image
 
 from shared.files.uploads import prepare_upload, purge_unused_files
-from tests.conftest import FACES, Stack, _stop, face_bytes
-from tests.integration.test_person_api import RECONG, REG, new_id_num, recong_body, reg_body
+from tests.conftest import FACES, AppClient, Stack, face_bytes, new_id_num
+from tests.helpers import RECONG, REG, ImageServer, recong_body, reg_body
 
 UPLOAD = "/tech/file/upload"
-TASK = "/tech/ai/face/faceLib/task/"
 PATH_RE = re.compile(r"[0-9a-f]{64}\.jpg")
 
 
@@ -42,80 +39,6 @@ def fds(body: dict[str, Any], path: str) -> dict[str, Any]:
 def uri(body: dict[str, Any], url: str) -> dict[str, Any]:
     body["faceImage"] = {"type": "image", "origin": "uri", "data": url}
     return body
-
-
-def poll(stack: Stack, token: str, task_id: str, timeout: float = 90) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        data = stack.get(TASK + task_id, token).json()["data"]
-        if data["status"] in ("done", "failed"):
-            return data["result"]
-        time.sleep(0.3)
-    raise AssertionError(f"task {task_id} not finished in {timeout} s")
-
-
-class ImageServer:
-    """A local image server that counts every request: photos, redirects, junk, slow, endless."""
-
-    def __init__(self, host: str = "127.0.0.1") -> None:
-        self.hits: list[str] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:  # noqa: N802 - http.server's API
-                server.hits.append(self.path)
-                path, _, query = self.path.partition("?")
-                try:
-                    if path.startswith("/faces/"):
-                        self._send(200, face_bytes(path.rsplit("/", 1)[1]), "image/jpeg")
-                    elif path == "/redirect":
-                        self._send(302, b"", "text/plain", query)
-                    elif path == "/text":
-                        self._send(200, b"<html>this is not a photo</html>", "text/html")
-                    elif path == "/endless":
-                        self.send_response(200)
-                        self.send_header("Content-Type", "image/jpeg")
-                        self.send_header("Transfer-Encoding", "chunked")
-                        self.end_headers()
-                        chunk = b"\xff" * 65536
-                        for _ in range(1000):  # 64 MB unless the client hangs up
-                            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                    elif path == "/slow":
-                        self.send_response(200)
-                        self.send_header("Content-Length", "100000")
-                        self.end_headers()
-                        for _ in range(600):
-                            self.wfile.write(b"\xff")
-                            self.wfile.flush()
-                            time.sleep(0.2)
-                    else:
-                        self._send(404, b"", "text/plain")
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-            def _send(self, status: int, body: bytes, ctype: str, location: str = "") -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                if location:
-                    self.send_header("Location", location)
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer((host, 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_port
-        self.base = f"http://{host}:{self.port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -150,12 +73,8 @@ def intranet(stack: Stack) -> Iterator[Stack]:
     # "intranet-" names keep its logs apart from the session's, still in log_dir for the scan
     st.start_worker(concurrency=1, beat=False, name="intranet-worker")
     st.start_api(workers=1, threads=4, name="intranet-api")
-    try:
-        st.wait_workers()
+    with st.running():
         yield st
-    finally:
-        for proc in st.procs.values():
-            _stop(proc)
 
 
 def upload(stack: Stack, token: str, name: str, *, as_json: bool = False) -> requests.Response:
@@ -197,25 +116,22 @@ def test_upload_downscales_reencodes_and_dedupes(stack: Stack, filer: dict) -> N
     assert r.json()["data"]["size"] < len(face_bytes("rgba_32bit.png")) // 4
 
 
-def test_upload_refuses_what_is_not_a_sane_image(stack: Stack, filer: dict) -> None:
-    token = filer["token"]
-    assert (
-        stack.post(UPLOAD, token, {"data": base64.b64encode(b"hello" * 100).decode()}).json()[
-            "errcode"
-        ]
-        == 3003
-    )
-    assert stack.post(UPLOAD, token, {"data": "not base64!!"}).json()["errcode"] == 3002
-    assert stack.post(UPLOAD, token, {}).json()["errcode"] == 2001
+def test_upload_refuses_what_is_not_a_sane_image(api: AppClient) -> None:
+    token = api.client(scopes=["file:write"])["token"]
+    hello = base64.b64encode(b"hello" * 100).decode()
+    assert api.post(UPLOAD, token, {"data": hello}).json()["errcode"] == 3003
+    assert api.post(UPLOAD, token, {"data": "not base64!!"}).json()["errcode"] == 3002
+    assert api.post(UPLOAD, token, {}).json()["errcode"] == 2001
     # a decompression bomb: 10000x10000 of one colour is a few KB of PNG, 100 M pixels
     buf = io.BytesIO()
     Image.new("L", (10000, 10000)).save(buf, "PNG")
-    r = stack.post(UPLOAD, token, {"data": base64.b64encode(buf.getvalue()).decode()})
+    r = api.post(UPLOAD, token, {"data": base64.b64encode(buf.getvalue()).decode()})
     assert r.json()["errcode"] == 3004
     big = base64.b64encode(b"\xff" * (11 * 1024 * 1024)).decode()
-    assert stack.post(UPLOAD, token, {"data": big}).json()["errcode"] in (3001, 2008)
-    no_scope = stack.client(scopes=["face:register"])
-    assert upload(stack, no_scope["token"], "obama_2.jpg").json()["errcode"] == 1004
+    assert api.post(UPLOAD, token, {"data": big}).json()["errcode"] in (3001, 2008)
+    no_scope = api.client(scopes=["face:register"])
+    multipart = {"file": (io.BytesIO(face_bytes("obama_2.jpg")), "obama_2.jpg")}
+    assert api.post(UPLOAD, no_scope["token"], data=multipart).json()["errcode"] == 1004
 
 
 def test_files_are_scoped_to_their_client(stack: Stack, filer: dict) -> None:
@@ -293,10 +209,10 @@ def test_fds_register_and_recognise_sync_and_async(stack: Stack, filer: dict) ->
     id2 = new_id_num()
     r = stack.post(REG, token, fds(reg_body(id2, "", **{"async": True}), enrol2))
     assert r.status_code == 202
-    assert poll(stack, token, r.json()["data"]["taskId"])["errcode"] == 0
+    assert stack.wait_task(token, r.json()["data"]["taskId"])["result"]["errcode"] == 0
     probe2 = upload(stack, token, "rose_leslie_2.jpg").json()["data"]["path"]
     r = stack.post(RECONG, token, fds(recong_body("", **{"async": True}), probe2))
-    result = poll(stack, token, r.json()["data"]["taskId"])
+    result = stack.wait_task(token, r.json()["data"]["taskId"])["result"]
     assert result["errcode"] == 0 and result["data"]["idNum"] == id2, result
     with stack.db() as db:
         row = db.execute(
@@ -393,7 +309,7 @@ def test_default_policy_refuses_local_and_odd_urls_without_a_request(
         assert r["data"] in ({"ok": "false"}, {"field": "faceImage.data"}), (url, r)
     r = stack.post(RECONG, token, uri(recong_body("", **{"async": True}), f"{images.base}{photo}"))
     if r.status_code == 202:  # refused by the worker (the API may also refuse it at once)
-        assert poll(stack, token, r.json()["data"]["taskId"])["errcode"] == 3007
+        assert stack.wait_task(token, r.json()["data"]["taskId"])["result"]["errcode"] == 3007
     else:
         assert r.json()["errcode"] == 3007
     assert images.hits == []
@@ -417,14 +333,14 @@ def test_allowlisted_uri_registers_and_recognises(
         RECONG, token, uri(recong_body("", **{"async": True}), f"{images.base}/faces/obama_1.jpg")
     )
     assert r.status_code == 202
-    result = poll(intranet, token, r.json()["data"]["taskId"])
+    result = intranet.wait_task(token, r.json()["data"]["taskId"])["result"]
     assert result["errcode"] == 0 and result["data"]["isMatch"] == "true", result
     r = intranet.post(
         REG,
         token,
         uri(reg_body(new_id_num(), "", **{"async": True}), f"{images.base}/faces/biden_2.jpg"),
     )
-    assert poll(intranet, token, r.json()["data"]["taskId"])["errcode"] == 0
+    assert intranet.wait_task(token, r.json()["data"]["taskId"])["result"]["errcode"] == 0
 
 
 def test_redirect_from_allowlisted_server_to_a_local_one_is_refused(

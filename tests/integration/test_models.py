@@ -175,6 +175,8 @@ def test_quality_control_levels(stack: Stack, admin: dict) -> None:
 
     from PIL import Image
 
+    # a gallery to search (an empty one answers 5002 before any score)
+    assert reg(stack, admin["token"], _image("biden_1.jpg"), "biden")["errcode"] == 0
     img = Image.open(io.BytesIO(base64.b64decode(_image("obama_2.jpg")))).convert("RGB")
     img.thumbnail((150, 150))
     canvas = Image.new("RGB", (320, 320), (128, 128, 128))

@@ -4,12 +4,12 @@ retention keeps the audit's legal minimum. The fault suite (tests/faults) kills 
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import socket
 import subprocess
 import sys
-import time
 import uuid
 
 import psycopg
@@ -17,14 +17,13 @@ import pytest
 
 from shared import db
 from shared.db import transaction
-from tests.conftest import Stack, small_jpeg_b64
+from tests.conftest import Stack, new_client, small_jpeg_b64
+from tests.helpers import eventually
 
 
-def _job(stack: Stack, send_timeout: float, **over: object) -> str:
-    """A committed recognition job whose message is never sent (as if the publish failed)."""
-    client = stack.client(scopes=["face:recognize"])
-    import base64
-
+def _job(client: dict, send_timeout: float) -> str:
+    """A recognition job whose message is never sent (as if the publish failed), committed
+    (or, under `db`, in the test's transaction)."""
     with transaction() as conn:
         job, created = db.jobs.create_job(
             conn,
@@ -51,25 +50,29 @@ def _ran(job: dict) -> bool:
 
 
 def _wait_status(stack: Stack, job_id: str, timeout: float = 240) -> dict:
-    deadline = time.monotonic() + timeout
     with stack.db() as conn:
-        while True:
+
+        def finished() -> dict | None:
             job = conn.execute("SELECT * FROM jobs WHERE id = %s", (job_id,)).fetchone()
-            if job["status"] in ("done", "failed") or time.monotonic() > deadline:
-                return job
-            time.sleep(0.3)
+            return job if job["status"] in ("done", "failed") else None
+
+        return eventually(finished, timeout, what=f"job {job_id} finishes")
+
+
+def _recogniser(stack: Stack) -> dict:
+    return stack.client(scopes=["face:recognize"])
 
 
 def test_a_job_whose_message_never_left_is_sent_by_the_sweeper(stack: Stack) -> None:
-    job_id = _job(stack, send_timeout=1)
+    job_id = _job(_recogniser(stack), send_timeout=1)
     job = _wait_status(stack, job_id)
     assert _ran(job), job["errmsg"]
     assert job["sends"] >= 2  # the API's send (lost here) and the sweeper's
     assert job["attempts"] == 1 and job["lost_attempts"] == 0
 
 
-def test_the_lease_decides_who_runs_a_job(stack: Stack) -> None:
-    job_id = _job(stack, send_timeout=3600)  # the sweeper leaves it alone
+def test_the_lease_decides_who_runs_a_job(db: psycopg.Connection) -> None:
+    job_id = _job(new_client(db), send_timeout=3600)  # no other process sees it
     try:
         with transaction() as conn:
             outcome, job = db.jobs.claim_job(conn, job_id, lease_seconds=3600)
@@ -105,7 +108,7 @@ def test_the_lease_decides_who_runs_a_job(stack: Stack) -> None:
 
 
 def test_a_running_job_whose_worker_is_gone_is_requeued_by_the_sweeper(stack: Stack) -> None:
-    job_id = _job(stack, send_timeout=3600)
+    job_id = _job(_recogniser(stack), send_timeout=3600)
     with transaction() as conn:
         db.jobs.claim_job(conn, job_id, lease_seconds=3600)
         conn.execute(  # as if its worker died on another host long ago
@@ -119,47 +122,43 @@ def test_a_running_job_whose_worker_is_gone_is_requeued_by_the_sweeper(stack: St
 
 
 def test_pool_processes_log_task_outcomes(stack: Stack) -> None:
-    job_id = _job(stack, send_timeout=1)
+    job_id = _job(_recogniser(stack), send_timeout=1)
     assert _ran(_wait_status(stack, job_id))
-    deadline = time.monotonic() + 120
-    text = ""
-    while time.monotonic() < deadline:
+
+    def logged() -> str | None:
         text = "".join(p.read_text() for p in stack.log_dir.glob("worker*.log"))
-        if f"job {job_id} (recognize) " in text:
-            break
-        time.sleep(0.5)
+        return text if f"job {job_id} (recognize) " in text else None
+
+    text = eventually(logged, 120, 0.5, f"the worker logs job {job_id}")
     assert re.search(rf"job {job_id} \(recognize\) (done|failed: errcode 5002)", text)
     assert "pool process ready in" in text
 
 
-def test_retention_purges_old_rows_and_keeps_the_audit_minimum(stack: Stack) -> None:
-    client = stack.client()
+def test_retention_purges_old_rows_and_keeps_the_audit_minimum(db: psycopg.Connection) -> None:
+    client = new_client(db)
     old_job = uuid.uuid4()
-    with stack.db() as conn:
+    conn = db  # rolled back at the end: the purge touches nothing of the other tests
+    conn.execute(
+        "INSERT INTO jobs (id, kind, status, client_id, request_hash, finished_at)"
+        " VALUES (%s, 'recognize', 'done', %s, '\\x00', now() - interval '40 days')",
+        (old_job, client["id"]),
+    )
+    ids = [
         conn.execute(
-            "INSERT INTO jobs (id, kind, status, client_id, request_hash, finished_at)"
-            " VALUES (%s, 'recognize', 'done', %s, '\\x00', now() - interval '40 days')",
-            (old_job, client["id"]),
-        )
-        ids = [
-            conn.execute(
-                "INSERT INTO audit_log (at, method, endpoint, errcode, http_status, duration_ms)"
-                " VALUES (now() - %s::interval, 'POST', '/retention-test', 0, 200, 1) RETURNING id",
-                (age,),
-            ).fetchone()["id"]
-            for age in ("6 years", "1 year")
-        ]
-        with pytest.raises(psycopg.errors.RaiseException):  # younger than 5 years: refused
-            conn.execute("DELETE FROM audit_log WHERE id = %s", (ids[1],))
-    with transaction() as conn:
-        counts = db.ops.purge_expired(
-            conn, jobs_days=30, audit_days=1825, callback_attempts_days=90
-        )
+            "INSERT INTO audit_log (at, method, endpoint, errcode, http_status, duration_ms)"
+            " VALUES (now() - %s::interval, 'POST', '/retention-test', 0, 200, 1) RETURNING id",
+            (age,),
+        ).fetchone()["id"]
+        for age in ("6 years", "1 year")
+    ]
+    # younger than 5 years: refused
+    with pytest.raises(psycopg.errors.RaiseException), conn.transaction():
+        conn.execute("DELETE FROM audit_log WHERE id = %s", (ids[1],))
+    counts = db.ops.purge_expired(conn, jobs_days=30, audit_days=1825, callback_attempts_days=90)
     assert counts["jobs"] >= 1 and counts["audit_log"] >= 1
-    with stack.db() as conn:
-        assert conn.execute("SELECT 1 FROM jobs WHERE id = %s", (old_job,)).fetchone() is None
-        left = [
-            r["id"]
-            for r in conn.execute("SELECT id FROM audit_log WHERE id = ANY(%s)", (ids,)).fetchall()
-        ]
+    assert conn.execute("SELECT 1 FROM jobs WHERE id = %s", (old_job,)).fetchone() is None
+    left = [
+        r["id"]
+        for r in conn.execute("SELECT id FROM audit_log WHERE id = ANY(%s)", (ids,)).fetchall()
+    ]
     assert left == [ids[1]]

@@ -15,7 +15,7 @@ from pgvector.psycopg import register_vector
 from psycopg.rows import dict_row
 
 from shared import db
-from tests.conftest import Stack, new_id_num
+from tests.conftest import Services, new_id_num
 
 DIM = 128
 
@@ -71,140 +71,128 @@ def _counters_exact(conn: psycopg.Connection) -> bool:
     }
 
 
-def _connect(stack: Stack) -> psycopg.Connection:
-    conn = psycopg.connect(stack.database_url, row_factory=dict_row)
-    register_vector(conn)
-    return conn
+def _face_as_stored(item: dict) -> tuple:
+    """The face row an item should leave (as `stored` reads it back)."""
+    embedding = np.asarray(item["embedding"], dtype=np.float32).tobytes()
+    return (
+        embedding,
+        [1, 2, 3, 4],
+        {"size_px": 100.0},
+        "m",
+        "b",
+        item["job_id"],
+        item["image_sha256"],
+    )
 
 
-def test_bulk_path_equals_row_by_row(stack: Stack) -> None:
+def test_bulk_path_equals_row_by_row(db: psycopg.Connection) -> None:
     from shared.settings import get_settings
 
     settings = get_settings()
     rng = np.random.default_rng(5)
     vectors = _gallery(rng, 40)
-    with _connect(stack) as conn:  # rolled back at the end
-        lib = conn.execute(
-            "INSERT INTO libraries (lib_id) VALUES (%s) RETURNING id",
-            (f"b-{secrets.token_hex(3)}",),
-        ).fetchone()["id"]
-        libs = db.libraries.library_ids(conn, ["default"]) + [lib]
-        bulk_items, row_items = _items(vectors[:20]), _items(vectors[20:])
-        # one person twice in the bulk input: one person row, two faces, the last fields win
-        bulk_items[5] = {**bulk_items[5], "id_num": bulk_items[4]["id_num"], "name": "last"}
-        ids = db.faces.add_faces_bulk(
-            conn, settings, bulk_items, library_ids=libs, client_id=None, model="m", backend="b"
+    conn = db  # rolled back at the end
+    lib = conn.execute(
+        "INSERT INTO libraries (lib_id) VALUES (%s) RETURNING id",
+        (f"b-{secrets.token_hex(3)}",),
+    ).fetchone()["id"]
+    libs = db.libraries.library_ids(conn, ["default"]) + [lib]
+    bulk_items, row_items = _items(vectors[:20]), _items(vectors[20:])
+    # one person twice in the bulk input: one person row, two faces, the last fields win
+    bulk_items[5] = {**bulk_items[5], "id_num": bulk_items[4]["id_num"], "name": "last"}
+    ids = db.faces.add_faces_bulk(
+        conn, settings, bulk_items, library_ids=libs, client_id=None, model="m", backend="b"
+    )
+    for item in row_items:
+        person = db.persons.upsert_person(
+            conn,
+            settings,
+            id_num=item["id_num"],
+            name=item["name"],
+            person_type=item["person_type"],
+            customer_id=item["customer_id"],
+            client_id=None,
         )
-        for item in row_items:
-            person = db.persons.upsert_person(
-                conn,
-                settings,
-                id_num=item["id_num"],
-                name=item["name"],
-                person_type=item["person_type"],
-                customer_id=item["customer_id"],
-                client_id=None,
-            )
-            db.libraries.add_to_libraries(conn, person["id"], libs)
-            db.faces.add_face(
-                conn,
-                person_id=person["id"],
-                embedding=item["embedding"],
-                box=item["box"],
-                quality=item["quality"],
-                model="m",
-                backend="b",
-                job_id=item["job_id"],
-                image_sha256=item["image_sha256"],
-            )
+        db.libraries.add_to_libraries(conn, person["id"], libs)
+        db.faces.add_face(
+            conn,
+            person_id=person["id"],
+            embedding=item["embedding"],
+            box=item["box"],
+            quality=item["quality"],
+            model="m",
+            backend="b",
+            job_id=item["job_id"],
+            image_sha256=item["image_sha256"],
+        )
 
-        def stored(item: dict) -> dict:
-            person = db.persons.find_person(conn, settings, item["id_num"])
-            assert person is not None
-            faces = conn.execute(
-                "SELECT embedding, box, quality, model, backend, job_id, image_sha256"
-                " FROM faces WHERE person_id = %s ORDER BY id",
-                (person["id"],),
-            ).fetchall()
-            members = conn.execute(
-                "SELECT library_id FROM person_libraries WHERE person_id = %s ORDER BY 1",
-                (person["id"],),
-            ).fetchall()
-            return {
-                "id_num": db.persons.decrypt_id_num(settings, person),
-                "masked": person["id_num_masked"],
-                "fields": (person["name"], person["person_type"], person["customer_id"]),
-                "libraries": [m["library_id"] for m in members],
-                "faces": [
-                    (
-                        np.asarray(f["embedding"].to_numpy()).tobytes(),
-                        f["box"],
-                        f["quality"],
-                        f["model"],
-                        f["backend"],
-                        f["job_id"],
-                        bytes(f["image_sha256"]),
-                    )
-                    for f in faces
-                ],
-            }
-
-        for item in row_items:
-            s = stored(item)
-            assert s["id_num"] == item["id_num"] and s["libraries"] == sorted(libs)
-            assert s["fields"] == (item["name"], "normal", item["customer_id"])
-            assert s["faces"] == [
+    def stored(item: dict) -> dict:
+        person = db.persons.find_person(conn, settings, item["id_num"])
+        assert person is not None
+        faces = conn.execute(
+            "SELECT embedding, box, quality, model, backend, job_id, image_sha256"
+            " FROM faces WHERE person_id = %s ORDER BY id",
+            (person["id"],),
+        ).fetchall()
+        members = conn.execute(
+            "SELECT library_id FROM person_libraries WHERE person_id = %s ORDER BY 1",
+            (person["id"],),
+        ).fetchall()
+        return {
+            "id_num": db.persons.decrypt_id_num(settings, person),
+            "masked": person["id_num_masked"],
+            "fields": (person["name"], person["person_type"], person["customer_id"]),
+            "libraries": [m["library_id"] for m in members],
+            "faces": [
                 (
-                    np.asarray(item["embedding"], dtype=np.float32).tobytes(),
-                    [1, 2, 3, 4],
-                    {"size_px": 100.0},
-                    "m",
-                    "b",
-                    item["job_id"],
-                    item["image_sha256"],
+                    np.asarray(f["embedding"].to_numpy()).tobytes(),
+                    f["box"],
+                    f["quality"],
+                    f["model"],
+                    f["backend"],
+                    f["job_id"],
+                    bytes(f["image_sha256"]),
                 )
-            ]
-        # the same shape through the bulk path
-        for k, item in enumerate(bulk_items):
-            s = stored(item)
-            assert s["id_num"] == item["id_num"] and s["libraries"] == sorted(libs)
-            expected_face = (
-                np.asarray(item["embedding"], dtype=np.float32).tobytes(),
-                [1, 2, 3, 4],
-                {"size_px": 100.0},
-                "m",
-                "b",
-                item["job_id"],
-                item["image_sha256"],
-            )
-            assert expected_face in s["faces"]
-            face = conn.execute("SELECT person_id FROM faces WHERE id = %s", (ids[k],)).fetchone()
-            assert face is not None and ids[k] is not None
-            if k in (4, 5):
-                assert len(s["faces"]) == 2 and s["fields"][0] == "last"
-            else:
-                assert len(s["faces"]) == 1 and s["fields"] == (item["name"], "normal", f"C{k}")
-        assert _counters_exact(conn)
+                for f in faces
+            ],
+        }
 
-        # an update through the bulk path: customer_id None keeps the stored one; the face cap
-        again = [{**bulk_items[0], "name": "renamed", "customer_id": None}] * (
-            settings.faces_per_person + 2
-        )
-        again = [{**a, "job_id": uuid.uuid4()} for a in again]
-        ids = db.faces.add_faces_bulk(
-            conn, settings, again, library_ids=[], client_id=None, model="m", backend="b"
-        )
-        # one face stored already: cap - 1 more go in, the rest are refused (None)
-        assert sum(i is not None for i in ids) == settings.faces_per_person - 1
-        assert ids[-3:] == [None, None, None]
-        s = stored(bulk_items[0])
-        assert s["fields"] == ("renamed", "normal", "C0")
-        assert len(s["faces"]) == settings.faces_per_person
-        assert _counters_exact(conn)
-        conn.rollback()
+    for item in row_items:
+        s = stored(item)
+        assert s["id_num"] == item["id_num"] and s["libraries"] == sorted(libs)
+        assert s["fields"] == (item["name"], "normal", item["customer_id"])
+        assert s["faces"] == [_face_as_stored(item)]
+    # the same shape through the bulk path
+    for k, item in enumerate(bulk_items):
+        s = stored(item)
+        assert s["id_num"] == item["id_num"] and s["libraries"] == sorted(libs)
+        assert _face_as_stored(item) in s["faces"]
+        face = conn.execute("SELECT person_id FROM faces WHERE id = %s", (ids[k],)).fetchone()
+        assert face is not None and ids[k] is not None
+        if k in (4, 5):
+            assert len(s["faces"]) == 2 and s["fields"][0] == "last"
+        else:
+            assert len(s["faces"]) == 1 and s["fields"] == (item["name"], "normal", f"C{k}")
+    assert _counters_exact(conn)
+
+    # an update through the bulk path: customer_id None keeps the stored one; the face cap
+    again = [{**bulk_items[0], "name": "renamed", "customer_id": None}] * (
+        settings.faces_per_person + 2
+    )
+    again = [{**a, "job_id": uuid.uuid4()} for a in again]
+    ids = db.faces.add_faces_bulk(
+        conn, settings, again, library_ids=[], client_id=None, model="m", backend="b"
+    )
+    # one face stored already: cap - 1 more go in, the rest are refused (None)
+    assert sum(i is not None for i in ids) == settings.faces_per_person - 1
+    assert ids[-3:] == [None, None, None]
+    s = stored(bulk_items[0])
+    assert s["fields"] == ("renamed", "normal", "C0")
+    assert len(s["faces"]) == settings.faces_per_person
+    assert _counters_exact(conn)
 
 
-def test_search_recall_against_brute_force(stack: Stack) -> None:
+def test_search_recall_against_brute_force(db: psycopg.Connection) -> None:
     """4,000 faces: the repository's search (HNSW halfvec + exact re-rank) finds the true
     nearest face of 'same person' probes, unfiltered and filtered (iterative scan), and its
     distances are the exact float32 ones."""
@@ -214,93 +202,92 @@ def test_search_recall_against_brute_force(stack: Stack) -> None:
     rng = np.random.default_rng(16)
     n = 4000
     vectors = _gallery(rng, n)
-    with _connect(stack) as conn:
-        lib = conn.execute(
-            "INSERT INTO libraries (lib_id) VALUES (%s) RETURNING id",
-            (f"r-{secrets.token_hex(3)}",),
-        ).fetchone()["id"]
-        default = db.libraries.library_ids(conn, ["default"])
-        ids = np.array(
-            db.faces.add_faces_bulk(
-                conn,
-                settings,
-                _items(vectors[:1000]),
-                library_ids=default + [lib],
-                client_id=None,
-                model="m",
-                backend="b",
-            )
-            + db.faces.add_faces_bulk(
-                conn,
-                settings,
-                _items(vectors[1000:1300], person_type="vip") + _items(vectors[1300:]),
-                library_ids=default,
-                client_id=None,
-                model="m",
-                backend="b",
-            )
+    conn = db  # rolled back at the end
+    lib = conn.execute(
+        "INSERT INTO libraries (lib_id) VALUES (%s) RETURNING id",
+        (f"r-{secrets.token_hex(3)}",),
+    ).fetchone()["id"]
+    default = db.libraries.library_ids(conn, ["default"])
+    ids = np.array(
+        db.faces.add_faces_bulk(
+            conn,
+            settings,
+            _items(vectors[:1000]),
+            library_ids=default + [lib],
+            client_id=None,
+            model="m",
+            backend="b",
         )
-        # only this test's faces count: other tests' faces are in the same table
-        others = conn.execute(
-            "SELECT id, embedding FROM faces WHERE id <> ALL(%s)", (ids.tolist(),)
-        ).fetchall()
-        all_ids = np.concatenate([ids, [r["id"] for r in others]]).astype(np.int64)
-        all_vecs = np.concatenate(
-            [vectors] + [np.asarray(r["embedding"].to_numpy())[None] for r in others]
-        ).astype(np.float32)
+        + db.faces.add_faces_bulk(
+            conn,
+            settings,
+            _items(vectors[1000:1300], person_type="vip") + _items(vectors[1300:]),
+            library_ids=default,
+            client_id=None,
+            model="m",
+            backend="b",
+        )
+    )
+    # the gallery's other faces (if any) count too
+    others = conn.execute(
+        "SELECT id, embedding FROM faces WHERE id <> ALL(%s)", (ids.tolist(),)
+    ).fetchall()
+    all_ids = np.concatenate([ids, [r["id"] for r in others]]).astype(np.int64)
+    all_vecs = np.concatenate(
+        [vectors] + [np.asarray(r["embedding"].to_numpy())[None] for r in others]
+    ).astype(np.float32)
 
-        targets = rng.choice(n, 200, replace=False)
-        probes = _moved(rng, vectors[targets], 0.06)
-        hits = 0
-        for probe in probes:
-            rows = db.search.nearest_faces(conn, probe, limit=20, ef_search=settings.hnsw_ef_search)
-            cos = all_vecs @ probe
-            hits += rows[0]["face_id"] == all_ids[int(np.argmax(cos))]
-            # exact distances, in order
-            got = np.array([r["distance"] for r in rows])
-            assert np.all(np.diff(got) >= -1e-12)
-            position = {int(i): k for k, i in enumerate(all_ids)}
-            found = all_vecs[[position[r["face_id"]] for r in rows]]
-            expected = 1.0 - found @ probe / np.linalg.norm(probe)
-            assert np.allclose(got, expected, atol=1e-5)
-        assert hits >= 0.99 * len(probes)
+    targets = rng.choice(n, 200, replace=False)
+    probes = _moved(rng, vectors[targets], 0.06)
+    hits = 0
+    for probe in probes:
+        rows = db.search.nearest_faces(conn, probe, limit=20, ef_search=settings.hnsw_ef_search)
+        cos = all_vecs @ probe
+        hits += rows[0]["face_id"] == all_ids[int(np.argmax(cos))]
+        # exact distances, in order
+        got = np.array([r["distance"] for r in rows])
+        assert np.all(np.diff(got) >= -1e-12)
+        position = {int(i): k for k, i in enumerate(all_ids)}
+        found = all_vecs[[position[r["face_id"]] for r in rows]]
+        expected = 1.0 - found @ probe / np.linalg.norm(probe)
+        assert np.allclose(got, expected, atol=1e-5)
+    assert hits >= 0.99 * len(probes)
 
-        # filtered: the library holds a quarter of the faces; iterative scan, not exact
-        members = np.arange(1000)
-        in_lib = rng.choice(members, 100, replace=False)
-        probes = _moved(rng, vectors[in_lib], 0.06)
-        hits = 0
-        for probe in probes:
-            rows = db.search.nearest_faces(
-                conn, probe, limit=20, ef_search=settings.hnsw_ef_search, library_ids=[lib]
-            )
-            assert len(rows) == 20 and set(r["face_id"] for r in rows) <= set(ids[:1000])
-            hits += rows[0]["face_id"] == ids[int(np.argmax(vectors[:1000] @ probe))]
-            # the exact path (a small filtered gallery) is exactly numpy's top 20
-            exact = db.search.nearest_faces(
-                conn, probe, limit=20, ef_search=40, library_ids=[lib], exact=True
-            )
-            top = np.argsort(-(vectors[:1000] @ probe), kind="stable")[:20]
-            assert [r["face_id"] for r in exact] == [int(ids[i]) for i in top]
-        assert hits >= 0.99 * len(probes)
+    # filtered: the library holds a quarter of the faces; iterative scan, not exact
+    members = np.arange(1000)
+    in_lib = rng.choice(members, 100, replace=False)
+    probes = _moved(rng, vectors[in_lib], 0.06)
+    hits = 0
+    for probe in probes:
+        rows = db.search.nearest_faces(
+            conn, probe, limit=20, ef_search=settings.hnsw_ef_search, library_ids=[lib]
+        )
+        assert len(rows) == 20 and set(r["face_id"] for r in rows) <= set(ids[:1000])
+        hits += rows[0]["face_id"] == ids[int(np.argmax(vectors[:1000] @ probe))]
+        # the exact path (a small filtered gallery) is exactly numpy's top 20
+        exact = db.search.nearest_faces(
+            conn, probe, limit=20, ef_search=40, library_ids=[lib], exact=True
+        )
+        top = np.argsort(-(vectors[:1000] @ probe), kind="stable")[:20]
+        assert [r["face_id"] for r in exact] == [int(ids[i]) for i in top]
+    assert hits >= 0.99 * len(probes)
 
-        # filtered by person type: vip (300 faces of this test, and any another test left)
-        vip_rows = conn.execute(
-            "SELECT f.id, f.embedding FROM faces f JOIN persons p ON p.id = f.person_id"
-            " WHERE p.person_type = 'vip' ORDER BY f.id"
-        ).fetchall()
-        vip_ids = np.array([r["id"] for r in vip_rows])
-        vip_vecs = np.stack([np.asarray(r["embedding"].to_numpy()) for r in vip_rows])
-        probes = _moved(rng, vectors[rng.choice(np.arange(1000, 1300), 50, replace=False)], 0.06)
-        hits = 0
-        for probe in probes:
-            rows = db.search.nearest_faces(
-                conn, probe, limit=20, ef_search=settings.hnsw_ef_search, person_types=["vip"]
-            )
-            assert len(rows) == 20 and {r["face_id"] for r in rows} <= set(vip_ids.tolist())
-            hits += rows[0]["face_id"] == vip_ids[int(np.argmax(vip_vecs @ probe))]
-        assert hits >= 0.98 * len(probes)
-        conn.rollback()
+    # filtered by person type: vip (300 faces of this test, and any other vip face)
+    vip_rows = conn.execute(
+        "SELECT f.id, f.embedding FROM faces f JOIN persons p ON p.id = f.person_id"
+        " WHERE p.person_type = 'vip' ORDER BY f.id"
+    ).fetchall()
+    vip_ids = np.array([r["id"] for r in vip_rows])
+    vip_vecs = np.stack([np.asarray(r["embedding"].to_numpy()) for r in vip_rows])
+    probes = _moved(rng, vectors[rng.choice(np.arange(1000, 1300), 50, replace=False)], 0.06)
+    hits = 0
+    for probe in probes:
+        rows = db.search.nearest_faces(
+            conn, probe, limit=20, ef_search=settings.hnsw_ef_search, person_types=["vip"]
+        )
+        assert len(rows) == 20 and {r["face_id"] for r in rows} <= set(vip_ids.tolist())
+        hits += rows[0]["face_id"] == vip_ids[int(np.argmax(vip_vecs @ probe))]
+    assert hits >= 0.98 * len(probes)
 
 
 def test_search_ef_grows_with_the_library() -> None:
@@ -315,18 +302,18 @@ def test_search_ef_grows_with_the_library() -> None:
     assert db.search.partitions_for(1_000_001, 250_000) == 5
 
 
-def test_reindex_rebuilds_the_search_index(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_reindex_rebuilds_the_search_index(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from shared.cli import main
     from shared.settings import get_settings
 
     settings = get_settings()
-    monkeypatch.setattr(db.search, "PARTITIONS_TTL", 0.2)  # the swap waits this long
+    monkeypatch.setattr(repo, "PARTITIONS_TTL", 0.2)  # the swap waits this long
 
     def options() -> list[str]:
-        with stack.db() as conn:
-            assert db.search.search_index_names(conn) == [
-                db.search.SEARCH_INDEX
-            ]  # no _new leftover
+        with services.db() as conn:
+            assert db.search.search_index_names(conn) == [db.search.SEARCH_INDEX]  # no _new leftover
             row = conn.execute(
                 "SELECT c.reloptions, pg_get_indexdef(c.oid) AS def FROM pg_class c"
                 " WHERE c.relname = %s",
@@ -338,7 +325,8 @@ def test_reindex_rebuilds_the_search_index(stack: Stack, monkeypatch: pytest.Mon
     def finds_new_face() -> None:
         rng = np.random.default_rng()
         vec = _gallery(rng, 3)
-        with _connect(stack) as conn:
+        with psycopg.connect(services.database_url, row_factory=dict_row) as conn:
+            register_vector(conn)
             ids = db.faces.add_faces_bulk(
                 conn, settings, _items(vec), library_ids=[], client_id=None, model="m", backend="b"
             )
@@ -352,10 +340,8 @@ def test_reindex_rebuilds_the_search_index(stack: Stack, monkeypatch: pytest.Mon
         assert options() == ["ef_construction=40", "m=12"]
         finds_new_face()
         # two partitions (partial indexes on id % 2), built beside the old index and swapped
-        with stack.db() as conn:
-            db.search.build_search_index(
-                conn, m=8, ef_construction=32, partitions=2, concurrently=True
-            )
+        with services.db() as conn:
+            db.search.build_search_index(conn, m=8, ef_construction=32, partitions=2, concurrently=True)
             names = db.search.search_index_names(conn)
             assert names == [f"{db.search.SEARCH_INDEX}_0of2", f"{db.search.SEARCH_INDEX}_1of2"]
             assert db.search.search_partitions(conn) == 2

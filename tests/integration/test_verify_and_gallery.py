@@ -12,8 +12,6 @@ import numpy as np
 import psycopg
 import pytest
 import requests
-from pgvector.psycopg import register_vector
-from psycopg.rows import dict_row
 
 from tests.conftest import FACES, LFW, Stack, face_b64, new_id_num, small_jpeg_b64
 
@@ -89,50 +87,48 @@ def test_libraries_filter_recognition(stack: Stack, admin: dict) -> None:
     assert gone["errcode"] == 2002
 
 
-def test_filtered_hnsw_search_equals_exact_scan_at_one_percent(stack: Stack) -> None:
+def test_filtered_hnsw_search_equals_exact_scan_at_one_percent(db: psycopg.Connection) -> None:
     """3,000 faces, a library holding 1% of them: HNSW + iterative scan == exact filtered scan."""
     from shared import db
 
     rng = np.random.default_rng(11)
     vecs = rng.normal(size=(3000, 128)).astype(np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    with psycopg.connect(stack.database_url, row_factory=dict_row) as conn:  # rolled back
-        register_vector(conn)
-        lib = conn.execute(
-            "INSERT INTO libraries (lib_id) VALUES ('one-percent') RETURNING id"
-        ).fetchone()["id"]
-        persons = conn.execute(
-            "INSERT INTO persons (id_num_index, id_num_encrypted, id_num_key_id, id_num_masked,"
-            " name, person_type) SELECT decode(md5(g::text), 'hex') || '\\x00'::bytea, '\\x00',"
-            " 'k', 'x', 'synthetic', 'normal' FROM generate_series(1, 3000) g RETURNING id"
-        ).fetchall()
-        ids = [p["id"] for p in persons]
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO faces (person_id, embedding, box, model, backend)"
-                " VALUES (%s, %s, '{0,0,1,1}', 'synthetic', 'synthetic')",
-                list(zip(ids, vecs, strict=True)),
-            )
-        members = ids[::100]  # 30 persons: 1%
-        db.libraries.add_to_libraries(conn, members[0], [lib])
-        for m in members[1:]:
-            db.libraries.add_to_libraries(conn, m, [lib])
-        exact_hits = hnsw_hits = 0
-        for q in range(10):
-            probe = vecs[q * 7] + 0.3 * rng.normal(size=128).astype(np.float32)
-            cos = (vecs[::100] @ probe) / np.linalg.norm(probe)
-            truth = [members[i] for i in np.argsort(-cos)[:5]]  # computed in numpy
-            exact = db.search.nearest_faces(
-                conn, probe, limit=5, ef_search=40, library_ids=[lib], exact=True
-            )
-            assert [r["person_id"] for r in exact] == truth
-            exact_hits += 1
-            hnsw = db.search.nearest_faces(conn, probe, limit=5, ef_search=200, library_ids=[lib])
-            assert len(hnsw) == 5 and all(r["person_id"] in members for r in hnsw)
-            hnsw_hits += len({r["person_id"] for r in hnsw} & set(truth))
-        assert exact_hits == 10
-        assert hnsw_hits >= 0.8 * 50  # iterative HNSW: only members, high recall
-        conn.rollback()
+    conn = db  # rolled back at the end
+    lib = conn.execute(
+        "INSERT INTO libraries (lib_id) VALUES ('one-percent') RETURNING id"
+    ).fetchone()["id"]
+    persons = conn.execute(
+        "INSERT INTO persons (id_num_index, id_num_encrypted, id_num_key_id, id_num_masked,"
+        " name, person_type) SELECT decode(md5(g::text), 'hex') || '\\x00'::bytea, '\\x00',"
+        " 'k', 'x', 'synthetic', 'normal' FROM generate_series(1, 3000) g RETURNING id"
+    ).fetchall()
+    ids = [p["id"] for p in persons]
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO faces (person_id, embedding, box, model, backend)"
+            " VALUES (%s, %s, '{0,0,1,1}', 'synthetic', 'synthetic')",
+            list(zip(ids, vecs, strict=True)),
+        )
+    members = ids[::100]  # 30 persons: 1%
+    db.libraries.add_to_libraries(conn, members[0], [lib])
+    for m in members[1:]:
+        db.libraries.add_to_libraries(conn, m, [lib])
+    exact_hits = hnsw_hits = 0
+    for q in range(10):
+        probe = vecs[q * 7] + 0.3 * rng.normal(size=128).astype(np.float32)
+        cos = (vecs[::100] @ probe) / np.linalg.norm(probe)
+        truth = [members[i] for i in np.argsort(-cos)[:5]]  # computed in numpy
+        exact = db.search.nearest_faces(
+            conn, probe, limit=5, ef_search=40, library_ids=[lib], exact=True
+        )
+        assert [r["person_id"] for r in exact] == truth
+        exact_hits += 1
+        hnsw = db.search.nearest_faces(conn, probe, limit=5, ef_search=200, library_ids=[lib])
+        assert len(hnsw) == 5 and all(r["person_id"] in members for r in hnsw)
+        hnsw_hits += len({r["person_id"] for r in hnsw} & set(truth))
+    assert exact_hits == 10
+    assert hnsw_hits >= 0.8 * 50  # iterative HNSW: only members, high recall
 
 
 def _mirrored_b64(name: str) -> str:

@@ -9,15 +9,10 @@ a real one on 127.0.0.1 and every delivery opens a real connection.
 from __future__ import annotations
 
 import ipaddress
-import json
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +26,7 @@ from shared.callbacks import (
     parse_allowlist,
     post_callback,
 )
-from tests.conftest import ROOT
+from tests.helpers import LocalServer, QuietHandler, measure
 from tests.unit.test_safe_fetch import _tls_files
 
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # a test secret, base64 after the prefix
@@ -41,75 +36,70 @@ LOCAL = CallbackPolicy(allow_private=True, deadline=5.0)
 PUBLIC_ADDR = "93.184.215.14"
 
 
-class Receiver:
+class Receiver(LocalServer):
     """A real HTTP receiver on 127.0.0.1 with one behaviour per path; `hits` counts requests
     and `sent` the reply bytes it managed to write."""
+
+    class handler(QuietHandler):  # noqa: N801 - LocalServer's attribute
+        def do_POST(self) -> None:  # noqa: N802 - http.server's API
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            self.owner.hits.append({"path": self.path, "headers": dict(self.headers), "body": body})
+            self._route()
+
+        def _write(self, data: bytes) -> None:
+            self.wfile.write(data)
+            self.owner.sent += len(data)
+
+        def _route(self) -> None:
+            path, _, query = self.path.partition("?")
+            if path == "/ok":
+                self.send_response(204)
+                self.end_headers()
+            elif path == "/redirect":
+                self.send_response(307)
+                self.send_header("Location", query)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            elif path == "/huge":  # a 300 MB reply
+                size = 300 * 1024 * 1024
+                self.send_response(200)
+                self.send_header("Content-Length", str(size))
+                self.end_headers()
+                chunk = b"x" * (1024 * 1024)
+                for _ in range(300):
+                    self._write(chunk)
+            elif path == "/huge-line":  # 300 MB with no line break at all
+                chunk = b"H" * (1024 * 1024)
+                for _ in range(300):
+                    self._write(chunk)
+            elif path == "/drip":  # a byte every second, for a minute
+                for byte in b"HTTP/1.1 200 OK, eventually, after a minute of dripping.....":
+                    self._write(bytes([byte]))
+                    time.sleep(1.0)
+            elif path == "/hang":
+                time.sleep(60)
 
     def __init__(self, tls: Any = None, host: str = "127.0.0.1", port: int = 0) -> None:
         self.hits: list[dict[str, Any]] = []
         self.sent = 0
-        receiver = self
+        super().__init__(host, port, tls)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
 
-            def do_POST(self) -> None:  # noqa: N802 - http.server's API
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                receiver.hits.append(
-                    {"path": self.path, "headers": dict(self.headers), "body": body}
-                )
-                try:
-                    self._route()
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
+def resolve_as(monkeypatch: pytest.MonkeyPatch, name: str, *answers: str) -> list[str]:
+    """`name` (and no other) resolves to answers[0] at the first lookup, answers[1] at the
+    next and so on, the last one ever after; returns the list of its lookups, as they come."""
+    real = socket.getaddrinfo
+    lookups: list[str] = []
 
-            def _write(self, data: bytes) -> None:
-                self.wfile.write(data)
-                receiver.sent += len(data)
+    def resolve(host: str, port: Any, *args: Any, **kw: Any) -> Any:
+        if host != name:
+            return real(host, port, *args, **kw)
+        lookups.append(host)
+        addr = answers[min(len(lookups), len(answers)) - 1]
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (addr, int(port)))]
 
-            def _route(self) -> None:
-                path, _, query = self.path.partition("?")
-                if path == "/ok":
-                    self.send_response(204)
-                    self.end_headers()
-                elif path == "/redirect":
-                    self.send_response(307)
-                    self.send_header("Location", query)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                elif path == "/huge":  # a 300 MB reply
-                    size = 300 * 1024 * 1024
-                    self.send_response(200)
-                    self.send_header("Content-Length", str(size))
-                    self.end_headers()
-                    chunk = b"x" * (1024 * 1024)
-                    for _ in range(300):
-                        self._write(chunk)
-                elif path == "/huge-line":  # 300 MB with no line break at all
-                    chunk = b"H" * (1024 * 1024)
-                    for _ in range(300):
-                        self._write(chunk)
-                elif path == "/drip":  # a byte every second, for a minute
-                    for byte in b"HTTP/1.1 200 OK, eventually, after a minute of dripping.....":
-                        self._write(bytes([byte]))
-                        time.sleep(1.0)
-                elif path == "/hang":
-                    time.sleep(60)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
-        if tls is not None:
-            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
-        self.port = self.server.server_port
-        self.base = f"{'https' if tls else 'http'}://{host}:{self.port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    return lookups
 
 
 @pytest.fixture()
@@ -139,17 +129,7 @@ def test_a_rebinding_name_is_resolved_once_and_never_reaches_loopback(
 ) -> None:
     """First answer public, every later one 127.0.0.1: the checked (public) address is the one
     connected to, so the loopback receiver sees nothing."""
-    real = socket.getaddrinfo
-    lookups: list[str] = []
-
-    def rebinding(host: str, port: Any, *args: Any, **kw: Any) -> Any:
-        if host != "rebind.test":
-            return real(host, port, *args, **kw)
-        lookups.append(host)
-        addr = PUBLIC_ADDR if len(lookups) == 1 else "127.0.0.1"
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (addr, int(port)))]
-
-    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    lookups = resolve_as(monkeypatch, "rebind.test", PUBLIC_ADDR, "127.0.0.1")
     # the public address may use the receiver's port (allowlisted), not its private neighbours
     policy = CallbackPolicy(
         allowlist=parse_allowlist([f"{PUBLIC_ADDR}/32:{rx.port}"]), deadline=3.0
@@ -168,17 +148,7 @@ def test_the_connection_goes_to_the_checked_answer_not_a_later_one(
     next. The signed payload reaches the first, nothing reaches the second."""
     intranet = Receiver(host="127.0.0.2")
     target = Receiver(host="127.0.0.1", port=intranet.port)
-    real = socket.getaddrinfo
-    lookups: list[str] = []
-
-    def rebinding(host: str, port: Any, *args: Any, **kw: Any) -> Any:
-        if host != "hooks.intranet":
-            return real(host, port, *args, **kw)
-        lookups.append(host)
-        addr = "127.0.0.2" if len(lookups) == 1 else "127.0.0.1"
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (addr, int(port)))]
-
-    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    lookups = resolve_as(monkeypatch, "hooks.intranet", "127.0.0.2", "127.0.0.1")
     try:
         policy = CallbackPolicy(allowlist=parse_allowlist([f"127.0.0.2/32:{intranet.port}"]))
         assert post(f"http://hooks.intranet:{intranet.port}/ok", policy)[:2] == (204, None)
@@ -193,14 +163,7 @@ def test_the_connection_goes_to_the_checked_answer_not_a_later_one(
 def test_a_name_that_answers_loopback_first_is_refused_before_connecting(
     rx: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = socket.getaddrinfo
-
-    def loopback(host: str, port: Any, *args: Any, **kw: Any) -> Any:
-        if host != "rebind.test":
-            return real(host, port, *args, **kw)
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", int(port)))]
-
-    monkeypatch.setattr(socket, "getaddrinfo", loopback)
+    resolve_as(monkeypatch, "rebind.test", "127.0.0.1")
     policy = CallbackPolicy(allowlist=parse_allowlist([f"{PUBLIC_ADDR}:{rx.port}"]))
     status, error, _ = post(f"http://rebind.test:{rx.port}/ok", policy)
     assert status is None and error is not None and error.startswith("refused:"), error
@@ -338,14 +301,9 @@ def test_a_reply_without_a_status_line_is_read_only_to_the_cap(rx: Receiver) -> 
     assert rx.sent < 300 * 1024 * 1024
 
 
-# VmHWM: the peak RSS of this process image (ru_maxrss would start at the parent's, pytest's)
 _MEASURE = """
 import json, sys
 from shared.callbacks import CallbackPolicy, post_callback
-def peak_kib():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
 policy = CallbackPolicy(allow_private=True, deadline=30.0)
 post_callback(sys.argv[1] + "/ok", {}, webhook_id="warm-up", secrets=[], policy=policy)
 before = peak_kib()
@@ -360,16 +318,7 @@ def test_a_300_mb_reply_costs_the_delivering_process_almost_nothing(
     rx: Receiver, path: str
 ) -> None:
     """Measured in a fresh process: its peak RSS may not grow by 10 MB while it delivers."""
-    out = subprocess.run(
-        [sys.executable, "-c", _MEASURE, rx.base, path],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = measure(_MEASURE, rx.base, path, timeout=120)
     print(f"{path}: peak RSS grew {result['grew_kib']} KiB")
     assert result["grew_kib"] <= 10 * 1024, result
     assert result["status" if path == "/huge" else "error"] == (

@@ -8,10 +8,6 @@ The audit's image: a 16-bit greyscale PNG of 4990 x 4990, a few dozen KB on the 
 from __future__ import annotations
 
 import io
-import json
-import os
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +24,7 @@ from shared.imaging import (
     decode_slot,
     open_checked,
 )
-from tests.conftest import ROOT, face_bytes
+from tests.helpers import face_bytes, measure
 from worker.engine.decode import decode_image
 
 MAX_PIXELS = 25_000_000
@@ -76,12 +72,8 @@ import json, sys
 from shared.errors import FaceLibError
 from shared.files.uploads import prepare_upload
 from worker.engine.decode import decode_image
-def peak():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
 data = open(sys.argv[1], "rb").read()
-before, codes = peak(), []
+before, codes = peak_kib(), []
 for _ in range(6):  # the audit's 6 concurrent uploads, one after the other here
     for decode in (lambda: decode_image(data, max_pixels=25_000_000),
                    lambda: prepare_upload(data, max_bytes=10**7, max_pixels=25_000_000,
@@ -91,22 +83,13 @@ for _ in range(6):  # the audit's 6 concurrent uploads, one after the other here
             codes.append(0)
         except FaceLibError as err:
             codes.append(err.errcode)
-print(json.dumps({"codes": codes, "grew": peak() - before}))
+print(json.dumps({"codes": codes, "grew": (peak_kib() - before) * 1024}))
 """
 
 
 def test_refusing_it_costs_no_memory(bomb: Path) -> None:
     """In a fresh process, whose peak RSS (VmHWM) would show a decode (~350 MB)."""
-    out = subprocess.run(
-        [sys.executable, "-c", _MEASURE, str(bomb)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = measure(_MEASURE, str(bomb), timeout=300)
     print(f"12 refusals of the 4990x4990 16-bit PNG: peak RSS grew {result['grew']} bytes")
     assert result["codes"] == [3004] * 12
     assert result["grew"] <= 10 * 1024 * 1024, result

@@ -13,7 +13,6 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -21,98 +20,14 @@ import pytest
 
 from shared.errors import FaceLibError
 from shared.safe_fetch import FetchPolicy, check_url_syntax, fetch
-from tests.conftest import face_bytes
+from tests.helpers import ImageServer, face_bytes
 
-PHOTO = face_bytes("obama_small.jpg")
-
-
-class CountingServer:
-    """An HTTP server on 127.0.0.x whose routes serve a photo, redirects, junk, slow or endless
-    bodies; `hits` counts every request it sees."""
-
-    def __init__(self, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> None:
-        self.hits: list[str] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_GET(self) -> None:  # noqa: N802 - http.server's API
-                server.hits.append(self.path)
-                path, _, query = self.path.partition("?")
-                try:
-                    self._route(path, query)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
-
-            def _send(self, status: int, body: bytes, ctype: str = "image/jpeg", **h: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                for k, v in h.items():
-                    self.send_header(k.replace("_", "-"), v)
-                self.end_headers()
-                self.wfile.write(body)
-
-            def _route(self, path: str, query: str) -> None:
-                if path == "/photo.jpg":
-                    self._send(200, PHOTO)
-                elif path == "/redirect":
-                    self._send(302, b"", "text/plain", Location=query)
-                elif path.startswith("/chain/"):
-                    n = int(path.rsplit("/", 1)[1])
-                    self._send(
-                        302, b"", "text/plain", Location=f"/chain/{n - 1}" if n else "/photo.jpg"
-                    )
-                elif path == "/text":
-                    self._send(200, b"<html>not an image</html>", "text/html")
-                elif path == "/missing":
-                    self._send(404, b"nope", "text/plain")
-                elif path == "/big-declared":
-                    self.send_response(200)
-                    self.send_header("Content-Length", str(50 * 1024 * 1024))
-                    self.end_headers()
-                    self.wfile.write(b"\xff" * 1024)
-                elif path == "/big-chunked":  # no Content-Length: only the running count stops it
-                    self.send_response(200)
-                    self.send_header("Transfer-Encoding", "chunked")
-                    self.end_headers()
-                    chunk = b"\xff" * 65536
-                    for _ in range(200):
-                        self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                    self.wfile.write(b"0\r\n\r\n")
-                elif path == "/slow":  # a byte every 0.3 s: never idle long enough for a timeout
-                    self.send_response(200)
-                    self.send_header("Content-Length", "1000")
-                    self.end_headers()
-                    for _ in range(1000):
-                        self.wfile.write(b"x")
-                        self.wfile.flush()
-                        time.sleep(0.3)
-                elif path == "/hang":
-                    time.sleep(10)
-                else:
-                    self._send(404, b"", "text/plain")
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer((host, 0), Handler)
-        self.server.daemon_threads = True
-        if tls is not None:
-            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
-        self.port = self.server.server_port
-        self.base = f"{'https' if tls else 'http'}://{host}:{self.port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+PHOTO = face_bytes("obama_small.jpg")  # what ImageServer serves at /photo.jpg
 
 
 @pytest.fixture
-def srv() -> Iterator[CountingServer]:
-    s = CountingServer()
+def srv() -> Iterator[ImageServer]:
+    s = ImageServer()
     yield s
     s.close()
 
@@ -139,7 +54,7 @@ LOCAL = FetchPolicy.from_allowlist(["127.0.0.1"])
 # --- the default policy: nothing local is ever contacted --------------------------------------
 
 
-def test_default_policy_refuses_a_loopback_server_directly_and_by_name(srv: CountingServer) -> None:
+def test_default_policy_refuses_a_loopback_server_directly_and_by_name(srv: ImageServer) -> None:
     assert errcode(f"{srv.base}/photo.jpg", DEFAULT) == 3007
     assert errcode(f"http://localhost:{srv.port}/photo.jpg", DEFAULT) == 3007
     policy = FetchPolicy(resolver=fake_dns({"images.example.com": ["127.0.0.1"]}))
@@ -220,7 +135,7 @@ def test_resolution_is_bounded_by_the_deadline() -> None:
 # --- allowlisted ----------------------------------------------------------------------------------
 
 
-def test_allowlisted_address_is_fetched_on_any_port(srv: CountingServer) -> None:
+def test_allowlisted_address_is_fetched_on_any_port(srv: ImageServer) -> None:
     result = fetch(f"{srv.base}/photo.jpg", LOCAL)
     assert result.data == PHOTO and result.content_type == "image/jpeg"
     assert srv.hits == ["/photo.jpg"]
@@ -230,7 +145,7 @@ def test_allowlisted_address_is_fetched_on_any_port(srv: CountingServer) -> None
     assert result.data == PHOTO
 
 
-def test_allowlisted_host_name(srv: CountingServer) -> None:
+def test_allowlisted_host_name(srv: ImageServer) -> None:
     policy = FetchPolicy.from_allowlist(
         ["images.intranet"], resolver=fake_dns({"images.intranet": ["127.0.0.1"]})
     )
@@ -241,8 +156,8 @@ def test_allowlisted_host_name(srv: CountingServer) -> None:
 
 
 def test_redirect_from_allowlisted_server_to_a_refused_one_is_not_followed() -> None:
-    intranet = CountingServer("127.0.0.1")
-    other = CountingServer("127.0.0.2")
+    intranet = ImageServer("127.0.0.1")
+    other = ImageServer("127.0.0.2")
     try:
         policy = FetchPolicy.from_allowlist(["127.0.0.1/32"])
         target = f"{other.base}/photo.jpg"
@@ -263,7 +178,7 @@ def test_redirect_from_allowlisted_server_to_a_refused_one_is_not_followed() -> 
         other.close()
 
 
-def test_at_most_three_redirects(srv: CountingServer) -> None:
+def test_at_most_three_redirects(srv: ImageServer) -> None:
     result = fetch(f"{srv.base}/chain/2", LOCAL)  # 3 redirects: chain/2 -> 1 -> 0 -> photo
     assert result.data == PHOTO and result.redirects == 3
     srv.hits.clear()
@@ -271,13 +186,13 @@ def test_at_most_three_redirects(srv: CountingServer) -> None:
     assert len(srv.hits) == 4  # the fifth URL is never requested
 
 
-def test_http_errors_are_fetch_failures_and_4xx_are_not_retried(srv: CountingServer) -> None:
+def test_http_errors_are_fetch_failures_and_4xx_are_not_retried(srv: ImageServer) -> None:
     with pytest.raises(FaceLibError) as info:
         fetch(f"{srv.base}/missing", LOCAL)
     assert info.value.errcode == 3006 and not info.value.err.retryable
 
 
-def test_non_image_content_is_returned_for_the_image_check(srv: CountingServer) -> None:
+def test_non_image_content_is_returned_for_the_image_check(srv: ImageServer) -> None:
     from shared.image_sources import _check_image_header
 
     result = fetch(f"{srv.base}/text", LOCAL)
@@ -291,21 +206,21 @@ def test_non_image_content_is_returned_for_the_image_check(srv: CountingServer) 
 
 
 @pytest.mark.parametrize("route", ["/big-declared", "/big-chunked"])
-def test_oversized_download_stops_at_the_cap(srv: CountingServer, route: str) -> None:
+def test_oversized_download_stops_at_the_cap(srv: ImageServer, route: str) -> None:
     policy = FetchPolicy.from_allowlist(["127.0.0.1"], max_bytes=1024 * 1024)
     started = time.monotonic()
     assert errcode(f"{srv.base}{route}", policy) == 3001
     assert time.monotonic() - started < 3
 
 
-def test_slow_server_hits_the_overall_deadline(srv: CountingServer) -> None:
+def test_slow_server_hits_the_overall_deadline(srv: ImageServer) -> None:
     policy = FetchPolicy.from_allowlist(["127.0.0.1"], deadline=1.5, read_timeout=1.0)
     started = time.monotonic()
     assert errcode(f"{srv.base}/slow", policy) == 3006
     assert time.monotonic() - started < 2.5
 
 
-def test_silent_server_hits_the_read_timeout(srv: CountingServer) -> None:
+def test_silent_server_hits_the_read_timeout(srv: ImageServer) -> None:
     policy = FetchPolicy.from_allowlist(["127.0.0.1"], deadline=5, read_timeout=0.5)
     started = time.monotonic()
     with pytest.raises(FaceLibError) as info:
@@ -361,7 +276,7 @@ def _tls_files(tmp_path: Path, name: str) -> tuple[Path, ssl.SSLContext]:
 
 def test_https_pins_the_address_and_checks_the_name(tmp_path: Path) -> None:
     ca_file, ctx = _tls_files(tmp_path, "images.intranet")
-    tls = CountingServer(tls=ctx)
+    tls = ImageServer(tls=ctx)
     try:
         dns = fake_dns({"images.intranet": ["127.0.0.1"], "other.intranet": ["127.0.0.1"]})
         policy = FetchPolicy.from_allowlist(["127.0.0.1"], resolver=dns, ca_certs=str(ca_file))
