@@ -74,17 +74,17 @@ def new_client(
     conn: psycopg.Connection, name: str | None = None, scopes: list[str] | None = None, **kw: Any
 ) -> dict:
     """A new API client with a token, on `conn`: {'id', 'name', 'token', 'callback_secret'...}."""
-    from shared import db
+    from shared.db import clients as clients_repo
 
     name = name or f"client-{secrets.token_hex(4)}"
-    c = db.clients.create_client(
+    c = clients_repo.create_client(
         conn,
         name,
         scopes=scopes,
         callback_url=kw.get("callback_url"),
         rate_limit=kw.get("rate_limit"),
     )
-    t = db.clients.issue_token(conn, c["id"], kw.get("ttl", 3600))
+    t = clients_repo.issue_token(conn, c["id"], kw.get("ttl", 3600))
     SENSITIVE.update({t["token"], c["client_secret"], c["callback_secret"]})
     return {**c, "token": t["token"]}
 

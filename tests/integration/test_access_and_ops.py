@@ -46,12 +46,12 @@ def test_token_issue_use_expire_refuse(api: AppClient, db: psycopg.Connection) -
 
 
 def test_revocation_takes_effect_at_once(api: AppClient, db: psycopg.Connection) -> None:
-    from shared import db
+    from shared.db import clients as clients_repo
 
     c = api.client()
     body = _recong("!!!")
     assert api.post(RECONG, c["token"], body).json()["errcode"] == 3002
-    assert db.clients.revoke_token(db, c["token"])
+    assert clients_repo.revoke_token(db, c["token"])
     assert api.post(RECONG, c["token"], body).json()["errcode"] == 1002
 
 

@@ -86,7 +86,7 @@ def test_requests_without_or_with_bad_token_are_refused(api: AppClient) -> None:
 
 
 def test_expired_and_revoked_tokens_are_refused(api: AppClient, db: psycopg.Connection) -> None:
-    from shared import db
+    from shared.db import clients as clients_repo
 
     c = api.client()
     body = {"faceImage": {"data": "!!!"}}
@@ -99,7 +99,7 @@ def test_expired_and_revoked_tokens_are_refused(api: AppClient, db: psycopg.Conn
     r = api.post(RECONG, c["token"], body)
     assert (r.status_code, r.json()["errcode"]) == (401, 1003)
     c2 = api.client()
-    assert db.clients.revoke_token(db, c2["token"])
+    assert clients_repo.revoke_token(db, c2["token"])
     assert api.post(RECONG, c2["token"], body).json()["errcode"] == 1002
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from shared import db
+from shared.db import search as search_repo
 
 TYPES = ("normal", "vip", "inner")
 
@@ -121,8 +121,8 @@ def test_counters_follow_every_change(db: psycopg.Connection) -> None:
     # what recognition reads: exact for no filter, types, and one library
     exact = _exact(conn)
     everything = sum(n for (lib, _), n in exact.items() if lib == 0)
-    assert db.search.count_gallery(conn) == everything
-    assert db.search.count_gallery(conn, person_types=["vip", "inner"]) == sum(
+    assert search_repo.count_gallery(conn) == everything
+    assert search_repo.count_gallery(conn, person_types=["vip", "inner"]) == sum(
         exact.get((0, t), 0) for t in ("vip", "inner")
     )
     lib = libs[0]
@@ -131,14 +131,14 @@ def test_counters_follow_every_change(db: psycopg.Connection) -> None:
         " ON pl.person_id = f.person_id WHERE pl.library_id = %s",
         (lib,),
     ).fetchone()["n"]
-    assert db.search.count_gallery(conn, library_ids=[lib]) == in_lib
+    assert search_repo.count_gallery(conn, library_ids=[lib]) == in_lib
     # several libraries: an upper bound of the exact figure, never above the whole library
     both = conn.execute(
         "SELECT count(*) AS n FROM faces f WHERE EXISTS (SELECT 1 FROM person_libraries pl"
         " WHERE pl.person_id = f.person_id AND pl.library_id = ANY(%s))",
         ([libs[0], libs[2]],),
     ).fetchone()["n"]
-    upper = db.search.count_gallery(conn, library_ids=[libs[0], libs[2]])
+    upper = search_repo.count_gallery(conn, library_ids=[libs[0], libs[2]])
     assert both <= upper <= everything
 
     # the repair function agrees with the triggers

@@ -15,7 +15,8 @@ import uuid
 import psycopg
 import pytest
 
-from shared import db
+from shared.db import jobs as jobs_repo
+from shared.db import ops as ops_repo
 from shared.db import transaction
 from tests.conftest import Stack, new_client, small_jpeg_b64
 from tests.helpers import eventually
@@ -25,7 +26,7 @@ def _job(client: dict, send_timeout: float) -> str:
     """A recognition job whose message is never sent (as if the publish failed), committed
     (or, under `db`, in the test's transaction)."""
     with transaction() as conn:
-        job, created = db.jobs.create_job(
+        job, created = jobs_repo.create_job(
             conn,
             kind="recognize",
             client_id=client["id"],
@@ -75,13 +76,13 @@ def test_the_lease_decides_who_runs_a_job(db: psycopg.Connection) -> None:
     job_id = _job(new_client(db), send_timeout=3600)  # no other process sees it
     try:
         with transaction() as conn:
-            outcome, job = db.jobs.claim_job(conn, job_id, lease_seconds=3600)
+            outcome, job = jobs_repo.claim_job(conn, job_id, lease_seconds=3600)
         assert outcome == "claimed" and job["attempts"] == 1
         with transaction() as conn:  # a duplicate message while this process holds the lease
-            assert db.jobs.claim_job(conn, job_id, lease_seconds=3600) == ("busy", None)
+            assert jobs_repo.claim_job(conn, job_id, lease_seconds=3600) == ("busy", None)
         with transaction() as conn:  # held elsewhere: trusted until the lease ends
             conn.execute("UPDATE jobs SET lease_owner = 'elsewhere:1' WHERE id = %s", (job_id,))
-            assert db.jobs.claim_job(conn, job_id, lease_seconds=3600)[0] == "busy"
+            assert jobs_repo.claim_job(conn, job_id, lease_seconds=3600)[0] == "busy"
         dead = subprocess.Popen([sys.executable, "-c", "pass"])
         dead.wait()
         with transaction() as conn:  # held by a dead process on this host: taken over at once
@@ -89,7 +90,7 @@ def test_the_lease_decides_who_runs_a_job(db: psycopg.Connection) -> None:
                 "UPDATE jobs SET lease_owner = %s WHERE id = %s",
                 (f"{socket.gethostname()}:{dead.pid}", job_id),
             )
-            outcome, job = db.jobs.claim_job(conn, job_id, lease_seconds=3600)
+            outcome, job = jobs_repo.claim_job(conn, job_id, lease_seconds=3600)
         assert outcome == "claimed" and job["lost_attempts"] == 1 and job["attempts"] == 2
         with transaction() as conn:  # an expired lease: taken over too
             conn.execute(
@@ -97,20 +98,20 @@ def test_the_lease_decides_who_runs_a_job(db: psycopg.Connection) -> None:
                 " - interval '1 second' WHERE id = %s",
                 (job_id,),
             )
-            outcome, job = db.jobs.claim_job(conn, job_id, lease_seconds=3600)
+            outcome, job = jobs_repo.claim_job(conn, job_id, lease_seconds=3600)
         assert outcome == "claimed" and job["lost_attempts"] == 2
     finally:
         with transaction() as conn:
-            job = db.jobs.get_job(conn, job_id)
-            db.jobs.finish_job(conn, job, errcode=9000, errmsg="test", result={})
+            job = jobs_repo.get_job(conn, job_id)
+            jobs_repo.finish_job(conn, job, errcode=9000, errmsg="test", result={})
     with transaction() as conn:  # a finished job is never claimed again
-        assert db.jobs.claim_job(conn, job_id, lease_seconds=60) == ("finished", None)
+        assert jobs_repo.claim_job(conn, job_id, lease_seconds=60) == ("finished", None)
 
 
 def test_a_running_job_whose_worker_is_gone_is_requeued_by_the_sweeper(stack: Stack) -> None:
     job_id = _job(_recogniser(stack), send_timeout=3600)
     with transaction() as conn:
-        db.jobs.claim_job(conn, job_id, lease_seconds=3600)
+        jobs_repo.claim_job(conn, job_id, lease_seconds=3600)
         conn.execute(  # as if its worker died on another host long ago
             "UPDATE jobs SET lease_owner = 'elsewhere:1', lease_expires_at = now()"
             " - interval '1 second' WHERE id = %s",
@@ -154,7 +155,7 @@ def test_retention_purges_old_rows_and_keeps_the_audit_minimum(db: psycopg.Conne
     # younger than 5 years: refused
     with pytest.raises(psycopg.errors.RaiseException), conn.transaction():
         conn.execute("DELETE FROM audit_log WHERE id = %s", (ids[1],))
-    counts = db.ops.purge_expired(conn, jobs_days=30, audit_days=1825, callback_attempts_days=90)
+    counts = ops_repo.purge_expired(conn, jobs_days=30, audit_days=1825, callback_attempts_days=90)
     assert counts["jobs"] >= 1 and counts["audit_log"] >= 1
     assert conn.execute("SELECT 1 FROM jobs WHERE id = %s", (old_job,)).fetchone() is None
     left = [

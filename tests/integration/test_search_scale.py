@@ -14,7 +14,10 @@ import pytest
 from pgvector.psycopg import register_vector
 from psycopg.rows import dict_row
 
-from shared import db
+from shared.db import faces as faces_repo
+from shared.db import libraries as libraries_repo
+from shared.db import persons as persons_repo
+from shared.db import search as search_repo
 from tests.conftest import Services, new_id_num
 
 DIM = 128
@@ -96,15 +99,15 @@ def test_bulk_path_equals_row_by_row(db: psycopg.Connection) -> None:
         "INSERT INTO libraries (lib_id) VALUES (%s) RETURNING id",
         (f"b-{secrets.token_hex(3)}",),
     ).fetchone()["id"]
-    libs = db.libraries.library_ids(conn, ["default"]) + [lib]
+    libs = libraries_repo.library_ids(conn, ["default"]) + [lib]
     bulk_items, row_items = _items(vectors[:20]), _items(vectors[20:])
     # one person twice in the bulk input: one person row, two faces, the last fields win
     bulk_items[5] = {**bulk_items[5], "id_num": bulk_items[4]["id_num"], "name": "last"}
-    ids = db.faces.add_faces_bulk(
+    ids = faces_repo.add_faces_bulk(
         conn, settings, bulk_items, library_ids=libs, client_id=None, model="m", backend="b"
     )
     for item in row_items:
-        person = db.persons.upsert_person(
+        person = persons_repo.upsert_person(
             conn,
             settings,
             id_num=item["id_num"],
@@ -113,8 +116,8 @@ def test_bulk_path_equals_row_by_row(db: psycopg.Connection) -> None:
             customer_id=item["customer_id"],
             client_id=None,
         )
-        db.libraries.add_to_libraries(conn, person["id"], libs)
-        db.faces.add_face(
+        libraries_repo.add_to_libraries(conn, person["id"], libs)
+        faces_repo.add_face(
             conn,
             person_id=person["id"],
             embedding=item["embedding"],
@@ -127,7 +130,7 @@ def test_bulk_path_equals_row_by_row(db: psycopg.Connection) -> None:
         )
 
     def stored(item: dict) -> dict:
-        person = db.persons.find_person(conn, settings, item["id_num"])
+        person = persons_repo.find_person(conn, settings, item["id_num"])
         assert person is not None
         faces = conn.execute(
             "SELECT embedding, box, quality, model, backend, job_id, image_sha256"
@@ -139,7 +142,7 @@ def test_bulk_path_equals_row_by_row(db: psycopg.Connection) -> None:
             (person["id"],),
         ).fetchall()
         return {
-            "id_num": db.persons.decrypt_id_num(settings, person),
+            "id_num": persons_repo.decrypt_id_num(settings, person),
             "masked": person["id_num_masked"],
             "fields": (person["name"], person["person_type"], person["customer_id"]),
             "libraries": [m["library_id"] for m in members],
@@ -180,7 +183,7 @@ def test_bulk_path_equals_row_by_row(db: psycopg.Connection) -> None:
         settings.faces_per_person + 2
     )
     again = [{**a, "job_id": uuid.uuid4()} for a in again]
-    ids = db.faces.add_faces_bulk(
+    ids = faces_repo.add_faces_bulk(
         conn, settings, again, library_ids=[], client_id=None, model="m", backend="b"
     )
     # one face stored already: cap - 1 more go in, the rest are refused (None)
@@ -207,9 +210,9 @@ def test_search_recall_against_brute_force(db: psycopg.Connection) -> None:
         "INSERT INTO libraries (lib_id) VALUES (%s) RETURNING id",
         (f"r-{secrets.token_hex(3)}",),
     ).fetchone()["id"]
-    default = db.libraries.library_ids(conn, ["default"])
+    default = libraries_repo.library_ids(conn, ["default"])
     ids = np.array(
-        db.faces.add_faces_bulk(
+        faces_repo.add_faces_bulk(
             conn,
             settings,
             _items(vectors[:1000]),
@@ -218,7 +221,7 @@ def test_search_recall_against_brute_force(db: psycopg.Connection) -> None:
             model="m",
             backend="b",
         )
-        + db.faces.add_faces_bulk(
+        + faces_repo.add_faces_bulk(
             conn,
             settings,
             _items(vectors[1000:1300], person_type="vip") + _items(vectors[1300:]),
@@ -241,7 +244,7 @@ def test_search_recall_against_brute_force(db: psycopg.Connection) -> None:
     probes = _moved(rng, vectors[targets], 0.06)
     hits = 0
     for probe in probes:
-        rows = db.search.nearest_faces(conn, probe, limit=20, ef_search=settings.hnsw_ef_search)
+        rows = search_repo.nearest_faces(conn, probe, limit=20, ef_search=settings.hnsw_ef_search)
         cos = all_vecs @ probe
         hits += rows[0]["face_id"] == all_ids[int(np.argmax(cos))]
         # exact distances, in order
@@ -259,13 +262,13 @@ def test_search_recall_against_brute_force(db: psycopg.Connection) -> None:
     probes = _moved(rng, vectors[in_lib], 0.06)
     hits = 0
     for probe in probes:
-        rows = db.search.nearest_faces(
+        rows = search_repo.nearest_faces(
             conn, probe, limit=20, ef_search=settings.hnsw_ef_search, library_ids=[lib]
         )
         assert len(rows) == 20 and set(r["face_id"] for r in rows) <= set(ids[:1000])
         hits += rows[0]["face_id"] == ids[int(np.argmax(vectors[:1000] @ probe))]
         # the exact path (a small filtered gallery) is exactly numpy's top 20
-        exact = db.search.nearest_faces(
+        exact = search_repo.nearest_faces(
             conn, probe, limit=20, ef_search=40, library_ids=[lib], exact=True
         )
         top = np.argsort(-(vectors[:1000] @ probe), kind="stable")[:20]
@@ -282,7 +285,7 @@ def test_search_recall_against_brute_force(db: psycopg.Connection) -> None:
     probes = _moved(rng, vectors[rng.choice(np.arange(1000, 1300), 50, replace=False)], 0.06)
     hits = 0
     for probe in probes:
-        rows = db.search.nearest_faces(
+        rows = search_repo.nearest_faces(
             conn, probe, limit=20, ef_search=settings.hnsw_ef_search, person_types=["vip"]
         )
         assert len(rows) == 20 and {r["face_id"] for r in rows} <= set(vip_ids.tolist())
@@ -291,15 +294,15 @@ def test_search_recall_against_brute_force(db: psycopg.Connection) -> None:
 
 
 def test_search_ef_grows_with_the_library() -> None:
-    assert db.search.search_ef(100, 5_000, 4000, 400) == 100
-    assert db.search.search_ef(100, 50_000, 4000, 400) == 200
-    assert db.search.search_ef(100, 100_000, 4000, 400) == 400
-    assert db.search.search_ef(100, 250_000, 4000, 400) == 400
-    assert db.search.search_ef(100, 10_000_000, 4000, 5000) == db.search.SEARCH_EF_MAX
-    assert db.search.search_ef(100, 10_000_000, 0, 400) == 100
-    assert db.search.partitions_for(0, 250_000) == 1
-    assert db.search.partitions_for(1_000_000, 250_000) == 4
-    assert db.search.partitions_for(1_000_001, 250_000) == 5
+    assert search_repo.search_ef(100, 5_000, 4000, 400) == 100
+    assert search_repo.search_ef(100, 50_000, 4000, 400) == 200
+    assert search_repo.search_ef(100, 100_000, 4000, 400) == 400
+    assert search_repo.search_ef(100, 250_000, 4000, 400) == 400
+    assert search_repo.search_ef(100, 10_000_000, 4000, 5000) == search_repo.SEARCH_EF_MAX
+    assert search_repo.search_ef(100, 10_000_000, 0, 400) == 100
+    assert search_repo.partitions_for(0, 250_000) == 1
+    assert search_repo.partitions_for(1_000_000, 250_000) == 4
+    assert search_repo.partitions_for(1_000_001, 250_000) == 5
 
 
 def test_reindex_rebuilds_the_search_index(
@@ -309,15 +312,17 @@ def test_reindex_rebuilds_the_search_index(
     from shared.settings import get_settings
 
     settings = get_settings()
-    monkeypatch.setattr(repo, "PARTITIONS_TTL", 0.2)  # the swap waits this long
+    monkeypatch.setattr(search_repo, "PARTITIONS_TTL", 0.2)  # the swap waits this long
 
     def options() -> list[str]:
         with services.db() as conn:
-            assert db.search.search_index_names(conn) == [db.search.SEARCH_INDEX]  # no _new leftover
+            assert search_repo.search_index_names(conn) == [
+                search_repo.SEARCH_INDEX
+            ]  # no _new leftover
             row = conn.execute(
                 "SELECT c.reloptions, pg_get_indexdef(c.oid) AS def FROM pg_class c"
                 " WHERE c.relname = %s",
-                (db.search.SEARCH_INDEX,),
+                (search_repo.SEARCH_INDEX,),
             ).fetchone()
             assert row is not None and "halfvec_cosine_ops" in row["def"]
             return sorted(row["reloptions"])
@@ -327,11 +332,11 @@ def test_reindex_rebuilds_the_search_index(
         vec = _gallery(rng, 3)
         with psycopg.connect(services.database_url, row_factory=dict_row) as conn:
             register_vector(conn)
-            ids = db.faces.add_faces_bulk(
+            ids = faces_repo.add_faces_bulk(
                 conn, settings, _items(vec), library_ids=[], client_id=None, model="m", backend="b"
             )
             for k in range(3):
-                rows = db.search.nearest_faces(conn, vec[k], limit=3, ef_search=40)
+                rows = search_repo.nearest_faces(conn, vec[k], limit=3, ef_search=40)
                 assert rows[0]["face_id"] == ids[k] and rows[0]["distance"] < 1e-6
             conn.rollback()
 
@@ -341,10 +346,12 @@ def test_reindex_rebuilds_the_search_index(
         finds_new_face()
         # two partitions (partial indexes on id % 2), built beside the old index and swapped
         with services.db() as conn:
-            db.search.build_search_index(conn, m=8, ef_construction=32, partitions=2, concurrently=True)
-            names = db.search.search_index_names(conn)
-            assert names == [f"{db.search.SEARCH_INDEX}_0of2", f"{db.search.SEARCH_INDEX}_1of2"]
-            assert db.search.search_partitions(conn) == 2
+            search_repo.build_search_index(
+                conn, m=8, ef_construction=32, partitions=2, concurrently=True
+            )
+            names = search_repo.search_index_names(conn)
+            assert names == [f"{search_repo.SEARCH_INDEX}_0of2", f"{search_repo.SEARCH_INDEX}_1of2"]
+            assert search_repo.search_partitions(conn) == 2
         finds_new_face()
         assert main(["reindex", "--m", "3", "--ef-construction", "2"]) == 2  # refused
     finally:

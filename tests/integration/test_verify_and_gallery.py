@@ -89,7 +89,8 @@ def test_libraries_filter_recognition(stack: Stack, admin: dict) -> None:
 
 def test_filtered_hnsw_search_equals_exact_scan_at_one_percent(db: psycopg.Connection) -> None:
     """3,000 faces, a library holding 1% of them: HNSW + iterative scan == exact filtered scan."""
-    from shared import db
+    from shared.db import libraries as libraries_repo
+    from shared.db import search as search_repo
 
     rng = np.random.default_rng(11)
     vecs = rng.normal(size=(3000, 128)).astype(np.float32)
@@ -111,20 +112,20 @@ def test_filtered_hnsw_search_equals_exact_scan_at_one_percent(db: psycopg.Conne
             list(zip(ids, vecs, strict=True)),
         )
     members = ids[::100]  # 30 persons: 1%
-    db.libraries.add_to_libraries(conn, members[0], [lib])
+    libraries_repo.add_to_libraries(conn, members[0], [lib])
     for m in members[1:]:
-        db.libraries.add_to_libraries(conn, m, [lib])
+        libraries_repo.add_to_libraries(conn, m, [lib])
     exact_hits = hnsw_hits = 0
     for q in range(10):
         probe = vecs[q * 7] + 0.3 * rng.normal(size=128).astype(np.float32)
         cos = (vecs[::100] @ probe) / np.linalg.norm(probe)
         truth = [members[i] for i in np.argsort(-cos)[:5]]  # computed in numpy
-        exact = db.search.nearest_faces(
+        exact = search_repo.nearest_faces(
             conn, probe, limit=5, ef_search=40, library_ids=[lib], exact=True
         )
         assert [r["person_id"] for r in exact] == truth
         exact_hits += 1
-        hnsw = db.search.nearest_faces(conn, probe, limit=5, ef_search=200, library_ids=[lib])
+        hnsw = search_repo.nearest_faces(conn, probe, limit=5, ef_search=200, library_ids=[lib])
         assert len(hnsw) == 5 and all(r["person_id"] in members for r in hnsw)
         hnsw_hits += len({r["person_id"] for r in hnsw} & set(truth))
     assert exact_hits == 10
