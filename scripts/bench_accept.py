@@ -35,7 +35,6 @@ import os
 import platform
 import secrets
 import shlex
-import signal
 import statistics
 import subprocess
 import sys
@@ -439,14 +438,9 @@ def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(40)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+    from shared.cli.up import stop_group
+
+    stop_group(proc, 40)
 
 
 # --- the run -----------------------------------------------------------------------------------
@@ -572,7 +566,7 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear script
     args = ap.parse_args()
 
     from shared.cli import api_command
-    from shared.cli.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+    from shared.cli.embedded import free_port, scratch_servers
 
     base = Path(tempfile.mkdtemp(prefix="bench-accept-"))
     logs = base / "logs"
@@ -592,28 +586,15 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear script
         f" {args.warmup:g} s warm-up + {args.seconds:g} s measured per target\n"
     )
 
-    services: list[Any] = []
+    servers: Any = None
     procs: list[subprocess.Popen] = []
-    drop_db: tuple[str, str] | None = None
     try:
         import psycopg
 
-        external_db = os.environ.get("DATABASE_URL")
-        if external_db:
-            name = f"facelib_bench_{secrets.token_hex(4)}"
-            with psycopg.connect(external_db, autocommit=True) as conn:
-                conn.execute(f'CREATE DATABASE "{name}"')
-            database_url = psycopg.conninfo.make_conninfo(external_db, dbname=name)
-            drop_db = (external_db, name)
-        else:
-            pg = EmbeddedPostgres(base / "pg", database="facelib_bench")
-            database_url = pg.start()
-            services.append(pg)
-        redis_url = os.environ.get("REDIS_URL")
-        if not redis_url:
-            rd = EmbeddedRedis(base / "redis")
-            redis_url = rd.start()
-            services.append(rd)
+        servers = scratch_servers(
+            base, "facelib_bench", os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
+        )
+        database_url, redis_url = servers.database_url, servers.redis_url
 
         env = {
             **os.environ,
@@ -773,14 +754,8 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear script
     finally:
         for proc in procs:
             _stop(proc)
-        for svc in reversed(services):
-            with contextlib.suppress(Exception):
-                svc.stop()
-        if drop_db:
-            import psycopg
-
-            with psycopg.connect(drop_db[0], autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{drop_db[1]}" WITH (FORCE)')
+        if servers is not None:
+            servers.stop()
         if args.keep or args.profile:
             print(f"\n(kept {base})")
         else:

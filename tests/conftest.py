@@ -373,21 +373,14 @@ class Stack(OnTheDatabase):
 
 
 def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, wait: float = 20) -> None:
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+    from shared.cli.up import stop_group
+
+    stop_group(proc, wait, sig)
 
 
 @pytest.fixture(scope="session")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
-    from shared.cli.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
+    from shared.cli.embedded import free_port, scratch_servers
 
     base = tmp_path_factory.mktemp("stack")
     log_dir = base / "logs"
@@ -397,25 +390,10 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     # PostgreSQL as root) out of a data directory it is running on
     data = Path(tempfile.mkdtemp(prefix="facelib-test-"))
     data.chmod(0o755)
-    started: list[Any] = []
-    drop_db: tuple[str, str] | None = None
-
-    external_db = os.environ.get("DATABASE_URL")
-    if external_db:
-        name = f"facelib_test_{secrets.token_hex(4)}"
-        with psycopg.connect(external_db, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        database_url = psycopg.conninfo.make_conninfo(external_db, dbname=name)
-        drop_db = (external_db, name)
-    else:
-        pg = EmbeddedPostgres(data / "pg", database="facelib_test")
-        database_url = pg.start()
-        started.append(pg)
-    redis_url = os.environ.get("REDIS_URL")
-    if not redis_url:
-        rd = EmbeddedRedis(data / "redis")
-        redis_url = rd.start()
-        started.append(rd)
+    servers = scratch_servers(
+        data, "facelib_test", os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
+    )
+    database_url, redis_url = servers.database_url, servers.redis_url
 
     env = stack_env(
         base,
@@ -442,11 +420,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
             finally:
                 Services.current = None
     finally:
-        for s in reversed(started):
-            s.stop()
-        if drop_db:
-            with psycopg.connect(drop_db[0], autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{drop_db[1]}" WITH (FORCE)')
+        servers.stop()
         shutil.rmtree(data, ignore_errors=True)
     # the session's finaliser: personal data in a log fails the run
     leaks = scan_logs(log_dir)

@@ -217,3 +217,51 @@ class EmbeddedRedis:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+
+
+@dataclass
+class ScratchServers:
+    """PostgreSQL + Redis for one test session or benchmark run (`scratch_servers`)."""
+
+    database_url: str
+    redis_url: str
+    started: list
+    scratch_database: tuple[str, str] | None = None  # (admin URL, name): dropped by stop()
+
+    def stop(self) -> None:
+        for server in reversed(self.started):
+            with contextlib.suppress(Exception):
+                server.stop()
+        if self.scratch_database:
+            bootstrap.drop_database(*self.scratch_database)
+
+
+def scratch_servers(
+    base: Path, name: str, database_url: str | None = None, redis_url: str | None = None
+) -> ScratchServers:
+    """A fresh database `<name>_<random>` on the server `database_url` names (dropped by
+    `stop()`), or an embedded PostgreSQL in `base/pg`; the Redis `redis_url` names, or an
+    embedded one in `base/redis`."""
+    import secrets
+
+    import psycopg
+
+    servers = ScratchServers("", redis_url or "", [])
+    try:
+        if database_url:
+            scratch = f"{name}_{secrets.token_hex(4)}"
+            bootstrap.create_database(database_url, scratch)
+            servers.scratch_database = (database_url, scratch)
+            servers.database_url = psycopg.conninfo.make_conninfo(database_url, dbname=scratch)
+        else:
+            pg = EmbeddedPostgres(base / "pg", database=name)
+            servers.database_url = pg.start()
+            servers.started.append(pg)
+        if not redis_url:
+            rd = EmbeddedRedis(base / "redis")
+            servers.redis_url = rd.start()
+            servers.started.append(rd)
+    except BaseException:
+        servers.stop()
+        raise
+    return servers

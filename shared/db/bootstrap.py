@@ -44,3 +44,11 @@ def alter_system(admin_url: str, values: dict[str, str], *, reload: bool) -> Non
             )
         if reload:
             conn.execute("SELECT pg_reload_conf()")
+
+
+def drop_database(admin_url: str, database: str) -> None:
+    """Drop `database` (a scratch one), closing its sessions."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database))
+        )
