@@ -172,3 +172,28 @@ def test_role_creation_can_run_again(stack: Stack) -> None:
     with stack.db() as conn:
         conn.execute(block)
         conn.execute(block)
+
+
+def test_images_and_ciphertexts_are_stored_without_a_compression_attempt(db) -> None:
+    """sql/0011: job images and photo ciphertexts do not compress, so PostgreSQL must not try
+    (EXTERNAL: out of line, never pglz); a 64 KB value written now is stored uncompressed."""
+    rows = db.execute(
+        "SELECT attrelid::regclass::text AS tbl, attname, attstorage FROM pg_attribute"
+        " WHERE (attrelid, attname) IN (('job_inputs'::regclass, 'data'),"
+        " ('face_photos'::regclass, 'photo_encrypted'))"
+    ).fetchall()
+    assert sorted((r["tbl"], r["attname"], r["attstorage"]) for r in rows) == [
+        ("face_photos", "photo_encrypted", "e"),
+        ("job_inputs", "data", "e"),
+    ]
+    db.execute("CREATE TEMP TABLE storage_probe (LIKE job_inputs INCLUDING ALL)")
+    # LIKE copies the column's storage; zeros compress to almost nothing under pglz
+    db.execute(
+        "INSERT INTO storage_probe (job_id, origin, data) VALUES (gen_random_uuid(), 'self', %s)",
+        (bytes(65536),),
+    )
+    row = db.execute(
+        "SELECT pg_column_compression(data) AS method, pg_column_size(data) AS size"
+        " FROM storage_probe"
+    ).fetchone()
+    assert row["method"] is None and row["size"] >= 65536
