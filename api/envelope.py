@@ -14,6 +14,7 @@ from limits.errors import StorageError
 from psycopg_pool import PoolTimeout
 from werkzeug.exceptions import (
     HTTPException,
+    InternalServerError,
     MethodNotAllowed,
     NotFound,
     RequestEntityTooLarge,
@@ -85,6 +86,12 @@ def init_app(app: Flask) -> None:
             return respond(err=E.BODY_TOO_LARGE)
         if isinstance(exc, TooManyRequests):
             return respond(err=E.RATE_LIMITED)
+        if isinstance(exc, InternalServerError) or (exc.code or 400) >= 500:
+            # An exception outside the view (an after-request hook: the rate limiter's headers
+            # while Redis is down) reaches Flask wrapped in a 500: answer for what it wraps
+            # (9001 for a backing service, else 9000), never as the client's fault.
+            original = getattr(exc, "original_exception", None)
+            return _unexpected(original if isinstance(original, Exception) else exc)
         return respond(err=E.PARAM_INVALID, errmsg=exc.description, status=exc.code or 400)
 
     @app.errorhandler(Exception)

@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -210,22 +211,31 @@ class FaultStack(Stack):
 
 
 def run_threads(fn: Any, n: int, threads: int) -> None:
-    it = iter(range(n))
-    lock = threading.Lock()
+    """fn(0) .. fn(n - 1) on `threads` threads; the first exception a call raised is raised
+    here, so an assertion inside a call fails the test."""
+    with ThreadPoolExecutor(threads) as pool:
+        for future in [pool.submit(fn, i) for i in range(n)]:
+            future.result()
 
-    def loop() -> None:
-        while True:
-            with lock:
-                i = next(it, None)
-            if i is None:
-                return
-            fn(i)
 
-    workers = [threading.Thread(target=loop) for _ in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
+class Background(threading.Thread):
+    """A thread beside the test; `join_checked()` raises what it raised."""
+
+    def __init__(self, fn: Any) -> None:
+        super().__init__(target=self._run, daemon=True)
+        self.fn = fn
+        self.error: BaseException | None = None
+
+    def _run(self) -> None:
+        try:
+            self.fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test by join_checked
+            self.error = exc
+
+    def join_checked(self, timeout: float | None = None) -> None:
+        self.join(timeout)
+        if self.error is not None:
+            raise self.error
 
 
 FACE = small_jpeg_b64("obama_2.jpg", max_side=400)

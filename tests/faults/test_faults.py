@@ -26,7 +26,7 @@ import pytest
 import requests
 
 from tests.conftest import ROOT
-from tests.faults.conftest import REG, SLOW, FaultStack, ready_within, run_threads
+from tests.faults.conftest import REG, SLOW, Background, FaultStack, ready_within, run_threads
 
 
 def _assert_clean(row: dict[str, Any]) -> None:
@@ -97,7 +97,7 @@ def test_redis_sigkill_and_restart_x5(fstack: FaultStack) -> None:
             ids.extend(fstack.submit_regs(2, threads=2))
             time.sleep(0.5)  # a steady stream, not a flood
 
-    t = threading.Thread(target=submitter)
+    t = Background(submitter)
     t.start()
     try:
         for _ in range(5):
@@ -108,7 +108,7 @@ def test_redis_sigkill_and_restart_x5(fstack: FaultStack) -> None:
     finally:
         time.sleep(3)
         done.set()
-        t.join()
+        t.join_checked()  # every submission got its taskId, and no answer was unexpected
     t0 = time.monotonic()
     outcome = fstack.wait_finished(ids, 600)
     recovery = f"all done {time.monotonic() - t0:.0f} s after the 5th restart"
@@ -187,10 +187,10 @@ def test_gunicorn_worker_sigkill_mid_burst(fstack: FaultStack) -> None:
         assert children
         children[0].send_signal(signal.SIGKILL)
 
-    k = threading.Thread(target=killer)
+    k = Background(killer)
     k.start()
     run_threads(one, 80, 8)
-    k.join()
+    k.join_checked()
     row = fstack.record("gunicorn worker SIGKILL mid-burst", ids, 600, "gunicorn respawns it")
     _assert_clean(row)
     assert len(set(ids)) == len(ids) == 80

@@ -161,3 +161,27 @@ def test_compose_file_names_the_services_and_settings_the_code_reads() -> None:
         assert services[name]["env_file"] == [".env"], name  # every .env setting reaches the app
     assert "--queues" in services["callbacks-worker"]["command"]
     assert "callbacks" in services["callbacks-worker"]["command"]
+
+
+def test_an_error_after_the_view_is_answered_for_what_it_is(services: Services) -> None:
+    """An exception in an after-request hook (the rate limiter's headers when Redis has just
+    died) reaches Flask wrapped in a 500: it is answered 9001 for a backing service and 9000
+    otherwise, never 2002 as if the client's request were invalid."""
+    import redis
+
+    from api import create_app
+
+    app = create_app()
+    failure: dict[str, Exception] = {}
+
+    @app.after_request
+    def _fail(resp):  # registered last, so it runs first
+        raise failure["exc"]
+
+    client = app.test_client()
+    failure["exc"] = redis.ConnectionError("Connection refused")
+    r = client.get("/health/live")
+    assert (r.status_code, r.get_json()["errcode"]) == (503, 9001)
+    failure["exc"] = ValueError("a bug")
+    r = client.get("/health/live")
+    assert (r.status_code, r.get_json()["errcode"]) == (500, 9000)
