@@ -7,8 +7,9 @@
   needs them.
 - Logging: Celery does not configure logging (`setup_logging` is connected); every process,
   pool children included, writes our JSON lines to the real stderr.
-- Broker restarts: a guard around kombu's restore of unacknowledged messages on channel close
-  (see `_guard_kombu_restore_unacked`), so a Redis restart never kills the worker.
+- Broker restarts: a guard around kombu's restore of unacknowledged messages on channel close,
+  its ack and its requeue (see `_guard_kombu_restore_unacked`), so a Redis restart never kills
+  the worker.
 """
 
 from __future__ import annotations
@@ -86,6 +87,33 @@ def _guard_kombu_restore_unacked() -> None:
 
     restore_unacked._facelib_guarded = True  # type: ignore[attr-defined]
     kombu_redis.QoS.restore_unacked = restore_unacked  # type: ignore[method-assign]
+
+    # The same crash on the two other paths that build a client from a closed channel: the ack
+    # of a message whose task finished while Redis was away, and a requeue. The message stays
+    # in Redis's unacked set and comes back after the visibility timeout; its job is finished
+    # (or re-sent) by Postgres, and a redelivery of a finished job is refused by its claim.
+    original_ack = kombu_redis.QoS.ack
+    original_restore_by_tag = kombu_redis.QoS.restore_by_tag
+
+    def _connection_gone(qos: kombu_redis.QoS) -> bool:
+        connection = getattr(qos.channel, "connection", None)
+        return connection is None or getattr(connection, "client", None) is None
+
+    def ack(self: kombu_redis.QoS, delivery_tag: object) -> None:
+        if _connection_gone(self):
+            log.warning("broker connection gone: an ack is left to the visibility timeout")
+            super(kombu_redis.QoS, self).ack(delivery_tag)  # local bookkeeping only
+            return
+        original_ack(self, delivery_tag)
+
+    def restore_by_tag(self: kombu_redis.QoS, tag: object, *args: object, **kw: object) -> None:
+        if _connection_gone(self):
+            log.warning("broker connection gone: a requeue is left to the visibility timeout")
+            return
+        original_restore_by_tag(self, tag, *args, **kw)
+
+    kombu_redis.QoS.ack = ack  # type: ignore[method-assign]
+    kombu_redis.QoS.restore_by_tag = restore_by_tag  # type: ignore[method-assign]
 
 
 _guard_kombu_restore_unacked()
