@@ -221,9 +221,9 @@ class Settings:
     match_model: str = "dlib"
     keep_enrolment_photos: bool = False
     # FACELIB_MODEL_CACHE: where the ONNX backend caches the graph it builds from dlib's model
-    # file (docs/onnx-backend.md); None: ~/.cache/facelib. Read here so the engine reads no
-    # environment: the worker passes it in through EngineConfig.model_cache_dir.
-    model_cache_dir: str | None = field(default_factory=lambda: _env("FACELIB_MODEL_CACHE"))
+    # file (docs/onnx-backend.md); None: ~/.cache/facelib. The worker passes it to the engine
+    # through EngineConfig.model_cache_dir, so the engine reads no environment.
+    model_cache_dir: str | None = None
     # connections per process in the database pool (shared/db/pool.py); keep it above the API's
     # threads per process
     db_pool_size: int = 10
@@ -438,6 +438,7 @@ def load_settings() -> Settings:
         hnsw_m=_int("FACELIB_HNSW_M", 32),
         hnsw_ef_construction=_int("FACELIB_HNSW_EF_CONSTRUCTION", 64),
         db_pool_size=_int("FACELIB_DB_POOL_SIZE", 10),
+        model_cache_dir=_env("FACELIB_MODEL_CACHE"),
     )
 
 
