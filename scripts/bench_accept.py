@@ -437,12 +437,6 @@ def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
         )
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    from shared.cli.up import stop_group
-
-    stop_group(proc, 40)
-
-
 # --- the run -----------------------------------------------------------------------------------
 
 
@@ -567,6 +561,7 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear script
 
     from shared.cli import api_command
     from shared.cli.embedded import free_port, scratch_servers
+    from shared.cli.up import stop_group
 
     base = Path(tempfile.mkdtemp(prefix="bench-accept-"))
     logs = base / "logs"
@@ -745,7 +740,7 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear script
                 )
         if args.profile:
             for proc in procs:
-                _stop(proc)
+                stop_group(proc, 40)
             procs.clear()
             # the profile covers the warm-up too: count the accepted jobs, warm-up included
             # requests the API workers began inside the measured window(s)
@@ -753,7 +748,7 @@ def main() -> None:  # noqa: C901, PLR0915 - one linear script
             print_profile(base / "profile", counted, args.profile, args.top)
     finally:
         for proc in procs:
-            _stop(proc)
+            stop_group(proc, 40)
         if servers is not None:
             servers.stop()
         if args.keep or args.profile:

@@ -25,7 +25,6 @@ import logging
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,7 @@ import pytest
 import requests
 from psycopg.rows import dict_row
 
+from shared.cli.up import stop_group
 from shared.queue import FACE_QUEUES
 from tests.helpers import (  # noqa: F401 - re-exported: the test modules import them from here
     FACES,
@@ -300,7 +300,7 @@ class Stack(OnTheDatabase):
             eventually(answers, 60, 0.2, "the extra API answers")
             yield url
         finally:
-            _stop(proc)
+            stop_group(proc, 20)
             self.procs.pop(f"api-extra-{port}", None)
 
     def start_worker(
@@ -323,14 +323,14 @@ class Stack(OnTheDatabase):
         stopped, one with these settings takes the face queues, and the stack's is started
         again afterwards (e.g. FACELIB_MATCH_MODEL=mobilefacenet for a module's tests)."""
         for name in [n for n in self.procs if n.startswith("worker-")]:
-            _stop(self.procs.pop(name))
+            stop_group(self.procs.pop(name), 20)
         name = f"worker-swapped-{secrets.token_hex(3)}"
         self.start_worker(queues=FACE_QUEUES, name=name, env={**self.env, **env_overrides})
         try:
             self.wait_log(name, " ready.")
             yield
         finally:
-            _stop(self.procs.pop(name))
+            stop_group(self.procs.pop(name), 20)
             restored = f"worker-{secrets.token_hex(3)}"
             self.start_worker(queues=FACE_QUEUES, name=restored)
             self.wait_log(restored, " ready.")
@@ -369,13 +369,7 @@ class Stack(OnTheDatabase):
             yield self
         finally:
             for proc in self.procs.values():
-                _stop(proc)
-
-
-def _stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, wait: float = 20) -> None:
-    from shared.cli.up import stop_group
-
-    stop_group(proc, wait, sig)
+                stop_group(proc, 20)
 
 
 @pytest.fixture(scope="session")
