@@ -29,9 +29,9 @@ import psutil
 import pytest
 import requests
 
+from shared.cli.up import stop_group
 from tests.conftest import (
     Stack,
-    _stop,
     eventually,
     exported_settings,
     new_id_num,
@@ -91,7 +91,7 @@ class FaultStack(Stack):
         return [c for c in self.worker_main().children() if c.is_running()]
 
     def restart_worker(self) -> None:
-        _stop(self.procs["worker"])
+        stop_group(self.procs["worker"], 20)
         self.start_worker(beat=False, name="worker")
         self.wait_workers(180)
 
